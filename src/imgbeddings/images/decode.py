@@ -1,0 +1,180 @@
+"""Any supported input -> an RGB Pillow image, with every failure named.
+
+Accepted inputs: ``str`` / ``os.PathLike`` paths, ``bytes``-like data, binary file objects
+(anything with ``read``), Pillow images, and NumPy ``uint8`` arrays (H x W grey, H x W x 3
+RGB, H x W x 4 RGBA).
+
+What real files contain is handled explicitly:
+- EXIF orientation is applied (the original imgbeddings ignored it);
+- transparency (RGBA, LA, palette or grey with a transparent colour) is composited onto a
+  background colour, so pixels hidden under alpha 0 never leak into the embedding;
+- palette, CMYK, YCbCr, LAB, 1-bit images are converted to RGB;
+- 16-bit and 32-bit greyscale are scaled to 8 bits (not clipped to white);
+- animated images give their first frame;
+- images over ``max_pixels`` are refused before decoding (decompression-bomb guard).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import ImageDecodeError, ImageNotFound, ImageTooLarge, InputError, describe
+
+ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+
+#: Default pixel limit: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``), ~179 MP.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+_ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
+
+
+def _open(item: Any, source: str) -> Image.Image:
+    """Open (lazily) whatever ``item`` is; raises InputError subclasses."""
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        if not os.path.exists(path):
+            reason = "broken symbolic link" if os.path.islink(path) else "no such file"
+            raise ImageNotFound(source, reason)
+        if os.path.isdir(path):
+            raise ImageNotFound(source, "is a directory, not an image file")
+        # Read the file whole (compressed bytes, a few MB) so no file handle outlives this call.
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except PermissionError as exc:
+            raise ImageDecodeError(source, "permission denied") from exc
+        except OSError as exc:
+            raise ImageDecodeError(source, f"cannot read file: {exc.strerror or exc}") from exc
+        if not data:
+            raise ImageDecodeError(source, "empty file (0 bytes)")
+        return Image.open(io.BytesIO(data))
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        if len(item) == 0:
+            raise ImageDecodeError(source, "empty data (0 bytes)")
+        return Image.open(io.BytesIO(bytes(item)))
+    if hasattr(item, "read"):
+        return Image.open(item)
+    raise InputError(
+        source,
+        f"unsupported input type {type(item).__name__}; expected a path, bytes, a binary file, "
+        "a PIL image or a uint8 NumPy array",
+    )
+
+
+def _from_array(arr: np.ndarray, source: str) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise InputError(source, f"NumPy images must be uint8 (0-255), got dtype {arr.dtype}")
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4)):
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise InputError(source, "empty array")
+        return Image.fromarray(np.ascontiguousarray(arr))
+    raise InputError(source, f"NumPy images must be H x W, H x W x 3 or H x W x 4, got shape {arr.shape}")
+
+
+def _check_pixels(img: Image.Image, max_pixels: int | None, source: str) -> None:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(source, f"image has no pixels ({w} x {h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLarge(
+            source,
+            f"{w} x {h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
+            "(possible decompression bomb; raise max_pixels if the file is trusted)",
+        )
+
+
+def _apply_draft(img: Image.Image, min_long_side: int) -> None:
+    """Let libjpeg decode at a reduced scale while keeping the long side >= ``min_long_side``."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    k = min_long_side / max(w, h)
+    if k < 0.5:  # draft only pays off when it can at least halve the image
+        img.draft(None, (math.ceil(w * k), math.ceil(h * k)))
+
+
+def _scale_to_8bit(img: Image.Image) -> Image.Image:
+    """High-bit-depth greyscale ("I;16*", "I", "F") as 8-bit "L", scaled rather than clipped."""
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        out = (arr.astype(np.float32) / 257.0).round()
+    elif img.mode == "I":
+        # 32-bit integer images almost always carry 16-bit samples (PNG/TIFF 16-bit grey).
+        peak = float(arr.max()) if arr.size else 0.0
+        out = arr.astype(np.float32) / (257.0 if peak > 255 else 1.0)
+        out = out.round()
+    else:  # "F": floats in [0, 1] are scaled, anything else is clipped to [0, 255]
+        peak = float(np.nanmax(arr)) if arr.size else 0.0
+        out = np.nan_to_num(arr.astype(np.float32)) * (255.0 if peak <= 1.0 else 1.0)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image, alpha_background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels are composited onto ``alpha_background``."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        if img.mode == "La":  # premultiplied grey+alpha: Pillow converts it only to LA
+            img = img.convert("LA")
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, alpha_background)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _scale_to_8bit(img)
+    return img.convert("RGB")
+
+
+def load_image(item: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               alpha_background: tuple[int, int, int] = (255, 255, 255), exif_transpose: bool = True,
+               draft_long_side: int | None = None, index: int | None = None) -> Image.Image:
+    """Decode ``item`` to a fully loaded RGB image.
+
+    Args:
+        item: a path, bytes, binary file object, PIL image or uint8 NumPy array.
+        max_pixels: refuse images with more pixels than this (None: no limit beyond Pillow's).
+        alpha_background: colour that transparent pixels are composited onto.
+        exif_transpose: apply the EXIF orientation tag.
+        draft_long_side: if set, JPEGs may be decoded at a reduced scale (libjpeg's DCT
+            scaling) as long as the long side stays at least this many pixels.
+        index: the item's position in a batch, put into error messages.
+
+    Raises:
+        ImageNotFound: missing path, directory, broken link.
+        ImageDecodeError: not an image, truncated or corrupt data, unreadable file.
+        ImageTooLarge: more than ``max_pixels`` pixels.
+        InputError: unsupported input type or array layout.
+    """
+    source = describe(item)
+    try:
+        if isinstance(item, np.ndarray):
+            img = _from_array(item, source)
+        elif isinstance(item, Image.Image):
+            img = item
+        else:
+            img = _open(item, source)
+        _check_pixels(img, max_pixels, source)
+        if draft_long_side and not isinstance(item, Image.Image):
+            _apply_draft(img, draft_long_side)
+        img.load()
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        return to_rgb(img, alpha_background)
+    except InputError as exc:
+        raise exc.with_index(index) if index is not None else exc
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(source, f"{exc} (possible decompression bomb)", index) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(source, "not an image file Pillow can identify", index) from exc
+    except MemoryError as exc:
+        raise ImageTooLarge(source, "not enough memory to decode this image", index) from exc
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
+        raise ImageDecodeError(source, f"cannot decode image: {type(exc).__name__}: {exc}", index) from exc

@@ -1,0 +1,326 @@
+"""Model cards: the small JSON file beside each ONNX model that says how to use it.
+
+The runtime takes every model fact from the card (input size, resize mode, mean/std, output
+name and meaning); nothing about a particular model is a code constant. A card is written by
+the exporter, shipped built in for the original release's models, or inferred from a bare
+ONNX file where that is unambiguous (see ``infer_card``).
+
+Schema (``schema_version`` 1), e.g. ``patch32_v1.card.json``::
+
+    {"schema_version": 1, "name": "patch32_v1", "family": "clip", "architecture": "ViT-B/32",
+     "input":  {"name": "pixel_values", "dtype": "float32", "layout": "NCHW"},
+     "preprocess": {"size": 224, "resize_mode": "pad", "interpolation": "bicubic",
+                    "pad_color": [0, 0, 0], "alpha_background": [255, 255, 255],
+                    "rescale": 0.00392156862745098, "mean": [...], "std": [...],
+                    "exif_transpose": true},
+     "output": {"name": "embeddings", "dim": 768, "kind": "legacy", "normalized": false,
+                "legacy_layers": 6},
+     "source": {"checkpoint": "openai/clip-vit-base-patch32", "revision": null},
+     "file":   {"filename": "patch32_v1.onnx", "sha256": null,
+                "repo_id": "minimaxir/imgbeddings", "revision": "main"},
+     "description": "..."}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import CardError
+
+SCHEMA_VERSION = 1
+CARD_SUFFIX = ".card.json"
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+RESIZE_MODES = ("pad", "crop", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+OUTPUT_KINDS = ("legacy", "projection", "pooled")
+
+
+def _rgb(value: Any, what: str) -> tuple[int, int, int]:
+    try:
+        rgb = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise CardError(f"{what} must be three integers 0-255, got {value!r}") from exc
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise CardError(f"{what} must be three integers 0-255, got {value!r}")
+    return rgb  # type: ignore[return-value]
+
+
+def _triple(value: Any, what: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise CardError(f"{what} must be three numbers, got {value!r}") from exc
+    if len(out) != 3:
+        raise CardError(f"{what} must be three numbers, got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's image input: tensor name, dtype and layout."""
+
+    name: str = "pixel_values"
+    dtype: str = "float32"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.dtype != "float32" or self.layout != "NCHW":
+            raise CardError(f"only float32 NCHW inputs are supported, card says {self.dtype} {self.layout}")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes the input tensor, in this order:
+
+    decode -> EXIF orientation (``exif_transpose``) -> RGB (alpha composited onto
+    ``alpha_background``) -> geometry by ``resize_mode`` -> ``* rescale`` -> ``(x - mean) / std``.
+
+    ``resize_mode``: ``pad`` pads to a centred square of ``pad_color`` then resizes to
+    ``size`` (the original imgbeddings, nothing cropped); ``crop`` resizes the shortest edge to
+    ``size`` then centre-crops (CLIP's own processor); ``squash`` resizes to ``size`` x ``size``
+    ignoring the aspect ratio (SigLIP).
+    """
+
+    size: int = 224
+    resize_mode: str = "pad"
+    interpolation: str = "bicubic"
+    pad_color: tuple[int, int, int] = (0, 0, 0)
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+    rescale: float = 1 / 255
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    exif_transpose: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8:
+            raise CardError(f"preprocess.size must be an integer >= 8, got {self.size!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise CardError(f"preprocess.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CardError(
+                f"preprocess.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+        object.__setattr__(self, "pad_color", _rgb(self.pad_color, "preprocess.pad_color"))
+        object.__setattr__(self, "alpha_background", _rgb(self.alpha_background, "preprocess.alpha_background"))
+        object.__setattr__(self, "mean", _triple(self.mean, "preprocess.mean"))
+        object.__setattr__(self, "std", _triple(self.std, "preprocess.std"))
+        if any(s <= 0 for s in self.std):
+            raise CardError(f"preprocess.std must be positive, got {self.std}")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The output tensor: its name, width, and what the vector means.
+
+    ``kind``: ``legacy`` (the original imgbeddings' attention-weighted pooling of the last
+    ``legacy_layers`` hidden states; not in CLIP's text-image space), ``projection`` (CLIP's
+    joint image-text space), ``pooled`` (post-layernorm CLS / pooler output).
+    ``normalized``: whether the model already returns unit-length vectors.
+    """
+
+    dim: int
+    kind: str
+    name: str = "embeddings"
+    normalized: bool = False
+    legacy_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise CardError(f"output.dim must be a positive integer, got {self.dim!r}")
+        if self.kind not in OUTPUT_KINDS:
+            raise CardError(f"output.kind must be one of {OUTPUT_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the weights came from (the Hugging Face checkpoint and its revision)."""
+
+    checkpoint: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """The ONNX file: its name, SHA-256, and (for downloadable models) hub location."""
+
+    filename: str
+    sha256: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None:
+            digest = self.sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise CardError(f"file.sha256 must be 64 hex digits, got {self.sha256!r}")
+            object.__setattr__(self, "sha256", digest)
+
+
+_SECTIONS = {
+    "input": InputSpec,
+    "preprocess": PreprocessSpec,
+    "output": OutputSpec,
+    "source": SourceSpec,
+    "file": FileSpec,
+}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything the runtime needs to know about one ONNX embedding model."""
+
+    name: str
+    family: str
+    architecture: str
+    preprocess: PreprocessSpec
+    output: OutputSpec
+    file: FileSpec
+    input: InputSpec = field(default_factory=InputSpec)
+    source: SourceSpec = field(default_factory=SourceSpec)
+    description: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    # --- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "<dict>") -> ModelCard:
+        """Build and validate a card; unknown keys and wrong types raise :class:`CardError`."""
+        if not isinstance(data, dict):
+            raise CardError(f"model card {origin} must be a JSON object")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise CardError(
+                f"model card {origin} has schema_version {version!r}; this imgbeddings reads "
+                f"version {SCHEMA_VERSION}. Upgrade imgbeddings or re-export the model."
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise CardError(f"model card {origin} has unknown keys {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            section = _SECTIONS.get(key)
+            if section is None:
+                kwargs[key] = value
+                continue
+            if not isinstance(value, dict):
+                raise CardError(f"model card {origin}: {key!r} must be an object")
+            allowed = {f.name for f in fields(section)}
+            bad = set(value) - allowed
+            if bad:
+                raise CardError(f"model card {origin}: unknown keys in {key!r}: {sorted(bad)}")
+            try:
+                kwargs[key] = section(**value)
+            except TypeError as exc:  # a required field is missing
+                raise CardError(f"model card {origin}: {key!r} is incomplete: {exc}") from exc
+        missing = {"name", "family", "architecture", "preprocess", "output", "file"} - set(kwargs)
+        if missing:
+            raise CardError(f"model card {origin} is missing {sorted(missing)}")
+        try:
+            return cls(**kwargs)
+        except CardError as exc:
+            raise CardError(f"model card {origin}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        """Read a card from a JSON file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CardError(f"cannot read model card {path}: {exc.strerror or exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise CardError(f"model card {path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, origin=str(path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the card as pretty JSON; returns the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    # --- identity --------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes the vectors (input, preprocessing, output,
+        file checksum). Two cards with the same fingerprint produce comparable vectors."""
+        payload = {
+            "input": asdict(self.input),
+            "preprocess": asdict(self.preprocess),
+            "output": asdict(self.output),
+            "sha256": self.file.sha256,
+            "source": asdict(self.source),
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def with_preprocess(self, **overrides: Any) -> ModelCard:
+        """A copy with some preprocessing fields replaced (user overrides win over the card)."""
+        allowed = {f.name for f in fields(PreprocessSpec)}
+        bad = set(overrides) - allowed
+        if bad:
+            raise CardError(f"unknown preprocessing option(s) {sorted(bad)}; known: {sorted(allowed)}")
+        return replace(self, preprocess=replace(self.preprocess, **overrides))
+
+
+def card_path_for(onnx_path: str | Path) -> Path:
+    """Where the card of ``model.onnx`` lives: ``model.card.json`` beside it."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.stem + CARD_SUFFIX)
+
+
+def legacy_card(dim: int, filename: str, *, name: str | None = None, layers: int | None = None,
+                checkpoint: str | None = None, sha256: str | None = None) -> ModelCard:
+    """The card of an original-imgbeddings style model (``pixel_values`` -> ``embeddings``)."""
+    arch = {768: "ViT-B", 1024: "ViT-L"}.get(dim, f"ViT (hidden {dim})")
+    return ModelCard(
+        name=name or Path(filename).stem,
+        family="clip",
+        architecture=arch,
+        preprocess=PreprocessSpec(),
+        output=OutputSpec(dim=dim, kind="legacy", name="embeddings", legacy_layers=layers),
+        file=FileSpec(filename=filename, sha256=sha256),
+        source=SourceSpec(checkpoint=checkpoint),
+        description="Original imgbeddings format: attention-weighted pooling of the last hidden states.",
+    )
+
+
+def infer_card(onnx_path: str | Path, inputs: list[tuple[str, list[Any]]],
+               outputs: list[tuple[str, list[Any]]]) -> ModelCard:
+    """Infer a card for a bare ONNX file from its graph's inputs and outputs.
+
+    Only the original imgbeddings layout is unambiguous: one input ``pixel_values``
+    ``[N, 3, 224, 224]`` and an output ``embeddings`` ``[N, D]``; it gets the legacy card
+    (pad to square, OpenAI CLIP mean/std). Anything else raises :class:`CardError` that says
+    how to write a card, since guessing the preprocessing would silently give wrong vectors.
+    """
+    onnx_path = Path(onnx_path)
+    names_in = [n for n, _ in inputs]
+    names_out = [n for n, _ in outputs]
+    how = (
+        f"Write a card next to it ({card_path_for(onnx_path).name}, see the README section "
+        f"'Model cards') or export the model with `imgbeddings export`, which writes one."
+    )
+    if names_in != ["pixel_values"] or "embeddings" not in names_out:
+        raise CardError(
+            f"{onnx_path} has no model card and is not in the original imgbeddings layout "
+            f"(inputs {names_in}, outputs {names_out}; expected input 'pixel_values' and output "
+            f"'embeddings'), so its preprocessing cannot be known. {how}"
+        )
+    in_shape = inputs[0][1]
+    if len(in_shape) != 4 or list(in_shape[1:]) != [3, 224, 224]:
+        raise CardError(f"{onnx_path}: input 'pixel_values' has shape {in_shape}, expected [N, 3, 224, 224]. {how}")
+    out_shape = dict(outputs)["embeddings"]
+    dim = out_shape[-1] if out_shape else None
+    if len(out_shape) != 2 or not isinstance(dim, int):
+        raise CardError(f"{onnx_path}: output 'embeddings' has shape {out_shape}, expected [N, D]. {how}")
+    return legacy_card(dim, onnx_path.name)
