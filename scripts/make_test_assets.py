@@ -104,10 +104,16 @@ def tiny_config(patch_size: int, layers: int, projection: bool = False):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        image_size=224, patch_size=patch_size, projection_dim=24,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=patch_size,
+        projection_dim=24,
         # Larger than CLIP's 0.02 so that random towers give clearly different vectors per image.
-        initializer_range=0.2, initializer_factor=4.0,
+        initializer_range=0.2,
+        initializer_factor=4.0,
         attn_implementation="eager",
     )
 
@@ -144,8 +150,14 @@ def export_onnx(model, kind: str, num_layers: int | None, path: Path) -> None:
     out_name = "embeddings" if kind == "legacy" else "image_embeds"
     dummy = torch.zeros(2, 3, 224, 224)
     torch.onnx.export(
-        Wrapper(model), (dummy,), str(path), input_names=["pixel_values"], output_names=[out_name],
-        dynamic_axes={"pixel_values": {0: "batch"}, out_name: {0: "batch"}}, opset_version=17, dynamo=False,
+        Wrapper(model),
+        (dummy,),
+        str(path),
+        input_names=["pixel_values"],
+        output_names=[out_name],
+        dynamic_axes={"pixel_values": {0: "batch"}, out_name: {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
     )
 
 
@@ -164,16 +176,30 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_card(onnx_path: Path, *, kind: str, dim: int, layers: int | None, resize_mode: str,
-               arch: str, description: str) -> None:
+def write_card(
+    onnx_path: Path, *, kind: str, dim: int, layers: int | None, resize_mode: str, arch: str, description: str
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from imgbeddings.models.cards import FileSpec, ModelCard, OutputSpec, PreprocessSpec, SourceSpec, card_path_for
+    from imgbeddings.models.cards import (
+        FileSpec,
+        ModelCard,
+        OutputSpec,
+        PreprocessSpec,
+        SourceSpec,
+        card_path_for,
+    )
 
     card = ModelCard(
-        name=onnx_path.stem, family="clip", architecture=arch,
+        name=onnx_path.stem,
+        family="clip",
+        architecture=arch,
         preprocess=PreprocessSpec(resize_mode=resize_mode),
-        output=OutputSpec(dim=dim, kind=kind, name="embeddings" if kind == "legacy" else "image_embeds",
-                          legacy_layers=layers),
+        output=OutputSpec(
+            dim=dim,
+            kind=kind,
+            name="embeddings" if kind == "legacy" else "image_embeds",
+            legacy_layers=layers,
+        ),
         file=FileSpec(filename=onnx_path.name, sha256=sha256(onnx_path)),
         source=SourceSpec(checkpoint=f"random-init tiny CLIPVisionConfig (seed {SEED})"),
         description=description,
@@ -202,7 +228,9 @@ def reference_pixels(paths: list[Path]) -> dict[str, np.ndarray]:
     sig = SiglipImageProcessorPil()
     imgs = [Image.open(p).convert("RGB") for p in paths]
     return {
-        "pad": np.concatenate([pad(images=[square_pad(i)], return_tensors="np")["pixel_values"] for i in imgs]),
+        "pad": np.concatenate(
+            [pad(images=[square_pad(i)], return_tensors="np")["pixel_values"] for i in imgs]
+        ),
         "crop": np.concatenate([crop(images=[i], return_tensors="np")["pixel_values"] for i in imgs]),
         "squash": np.concatenate([sig(images=[i], return_tensors="np")["pixel_values"] for i in imgs]),
         "siglip_mean": np.asarray(sig.image_mean, dtype=np.float64),
@@ -215,8 +243,20 @@ def reference_pixels(paths: list[Path]) -> dict[str, np.ndarray]:
 
 def load_original(workdir: Path):
     """Import imgbeddings 0.1.0 from its sdist, offline (stand-ins for its two hub calls)."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(workdir),
-                    "imgbeddings==0.1.0"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(workdir),
+            "imgbeddings==0.1.0",
+        ],
+        check=True,
+    )
     import tarfile
 
     with tarfile.open(next(workdir.glob("imgbeddings-0.1.0.tar.gz"))) as tar:
@@ -275,13 +315,27 @@ def main() -> None:
         vectors[name] = torch_outputs(model, kind, pooled, px)
         dim = vectors[name].shape[1]
         desc = f"Tiny random CLIP vision tower (patch {patch}, {layers} layers) for tests; {kind} output."
-        write_card(fp32, kind=kind, dim=dim, layers=pooled, resize_mode=mode, arch=f"tiny ViT/{patch}",
-                   description=desc)
+        write_card(
+            fp32,
+            kind=kind,
+            dim=dim,
+            layers=pooled,
+            resize_mode=mode,
+            arch=f"tiny ViT/{patch}",
+            description=desc,
+        )
         if kind == "legacy":
             int8 = models_dir / f"{name}_int8.onnx"
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QUInt8)  # the original recipe
-            write_card(int8, kind=kind, dim=dim, layers=pooled, resize_mode=mode, arch=f"tiny ViT/{patch}",
-                       description=desc + " INT8, original recipe (quantize_dynamic, QUInt8).")
+            write_card(
+                int8,
+                kind=kind,
+                dim=dim,
+                layers=pooled,
+                resize_mode=mode,
+                arch=f"tiny ViT/{patch}",
+                description=desc + " INT8, original recipe (quantize_dynamic, QUInt8).",
+            )
     if (models_dir / "tiny_b16_legacy.onnx").exists():  # only the INT8 copy is used by tests
         (models_dir / "tiny_b16_legacy.onnx").unlink()
         (models_dir / "tiny_b16_legacy.card.json").unlink()
@@ -293,7 +347,9 @@ def main() -> None:
         path_strs = [str(p) for p in paths]
         original: dict[str, np.ndarray] = {}
         for name in ("tiny_b32_legacy", "tiny_b32_legacy_int8", "tiny_b16_legacy_int8"):
-            ibed = Original(model_path=str(models_dir / f"{name}.onnx"), patch_size=16 if "b16" in name else 32)
+            ibed = Original(
+                model_path=str(models_dir / f"{name}.onnx"), patch_size=16 if "b16" in name else 32
+            )
             original[name] = ibed.to_embeddings(path_strs)
             original[name + "__batch3"] = ibed.to_embeddings(path_strs, batch_size=3)
     np.savez_compressed(ref_dir / "original.npz", names=np.array(names), **original)
@@ -307,8 +363,12 @@ def main() -> None:
     manifest = {
         "seed": SEED,
         "versions": {
-            "torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "Pillow": PIL.__version__, "numpy": np.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "Pillow": PIL.__version__,
+            "numpy": np.__version__,
             "original_imgbeddings": "0.1.0",
         },
         "images": names,

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import load_reference
 from PIL import Image, ImageOps
 
+from conftest import load_reference
 from imgbeddings.errors import ImageDecodeError, ImageNotFound, ImageTooLarge, InputError
 from imgbeddings.images import ops
 from imgbeddings.images.decode import load_image, to_rgb
@@ -41,7 +41,9 @@ def test_exact_mode_matches_transformers(mode, image_paths):
     assert np.abs(ours - ref).max() <= 1e-5
 
 
-@pytest.mark.parametrize("size", [(1000, 180), (150, 900), (601, 600), (600, 601), (3, 700), (700, 2), (224, 224)])
+@pytest.mark.parametrize(
+    "size", [(1000, 180), (150, 900), (601, 600), (600, 601), (3, 700), (700, 2), (224, 224)]
+)
 @pytest.mark.parametrize("fill", [(0, 0, 0), (255, 255, 255), (12, 200, 77)])
 def test_pad_resize_exact_is_bit_identical_to_padding_first(size, fill):
     rng = np.random.default_rng(sum(size))
@@ -134,8 +136,11 @@ def test_palette_with_transparency_and_la_modes():
 
 @pytest.mark.parametrize("mode", ["CMYK", "L", "1", "P", "YCbCr", "LAB", "HSV", "RGBa", "La", "PA"])
 def test_every_mode_becomes_rgb(mode):
-    img = Image.new("RGB", (7, 5), (30, 140, 220)).convert(mode) if mode not in ("LAB", "HSV") else Image.new(
-        mode, (7, 5))
+    img = (
+        Image.new("RGB", (7, 5), (30, 140, 220)).convert(mode)
+        if mode not in ("LAB", "HSV")
+        else Image.new(mode, (7, 5))
+    )
     out = load_image(img)
     assert out.mode == "RGB" and out.size == (7, 5)
 
@@ -180,8 +185,17 @@ def test_all_input_types_give_the_same_tensor(image_paths):
     arr = np.asarray(pil.convert("RGB"))
     pre = Preprocessor(PAD)
     ref = pre(path)
-    for item in (str(path), path, data, bytearray(data), memoryview(data), io.BytesIO(data), open(path, "rb"),
-                 pil, arr):
+    for item in (
+        str(path),
+        path,
+        data,
+        bytearray(data),
+        memoryview(data),
+        io.BytesIO(data),
+        open(path, "rb"),
+        pil,
+        arr,
+    ):
         assert np.array_equal(pre(item), ref), type(item)
 
 
@@ -246,7 +260,7 @@ def test_truncated_files(tmp_path, fmt, image_paths):
 
 def test_corrupt_data_in_the_middle(tmp_path, image_paths):
     data = bytearray(image_paths[2].read_bytes())  # a PNG
-    data[len(data) // 2: len(data) // 2 + 64] = b"\x00" * 64
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\x00" * 64
     with pytest.raises(ImageDecodeError):
         load_image(bytes(data))
 

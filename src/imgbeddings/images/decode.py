@@ -133,9 +133,15 @@ def to_rgb(img: Image.Image, alpha_background: tuple[int, int, int] = (255, 255,
     return img.convert("RGB")
 
 
-def load_image(item: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               alpha_background: tuple[int, int, int] = (255, 255, 255), exif_transpose: bool = True,
-               draft_long_side: int | None = None, index: int | None = None) -> Image.Image:
+def load_image(
+    item: Any,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    alpha_background: tuple[int, int, int] = (255, 255, 255),
+    exif_transpose: bool = True,
+    draft_long_side: int | None = None,
+    index: int | None = None,
+) -> Image.Image:
     """Decode ``item`` to a fully loaded RGB image.
 
     Args:
@@ -169,7 +175,9 @@ def load_image(item: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             img = ImageOps.exif_transpose(img)
         return to_rgb(img, alpha_background)
     except InputError as exc:
-        raise exc.with_index(index) if index is not None else exc
+        if index is None:
+            raise
+        raise exc.with_index(index) from exc.__cause__
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(source, f"{exc} (possible decompression bomb)", index) from exc
     except Image.UnidentifiedImageError as exc:

@@ -37,8 +37,12 @@ def pad_to_square(img: Image.Image, fill: tuple[int, int, int] = (0, 0, 0)) -> I
     return canvas
 
 
-def pad_resize_exact(img: Image.Image, size: int, fill: tuple[int, int, int] = (0, 0, 0),
-                     resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+def pad_resize_exact(
+    img: Image.Image,
+    size: int,
+    fill: tuple[int, int, int] = (0, 0, 0),
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> Image.Image:
     """Same pixels as ``pad_to_square(img, fill).resize((size, size), resample)``, in bounded memory."""
     w, h = img.size
     if w == h:
@@ -71,8 +75,9 @@ def reduce_to(img: Image.Image, min_long_side: int) -> Image.Image:
     return img.reduce(factor) if factor >= 2 else img
 
 
-def resize_shortest_crop(img: Image.Image, size: int,
-                         resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+def resize_shortest_crop(
+    img: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
     """Resize the shortest edge to ``size`` (keeping the aspect ratio) and centre-crop a square,
     as CLIP's own image processor does."""
     w, h = img.size
@@ -91,8 +96,9 @@ def squash(img: Image.Image, size: int, resample: Image.Resampling = Image.Resam
 
 
 @lru_cache(maxsize=32)
-def normalize_lut(rescale: float, mean: tuple[float, float, float],
-                  std: tuple[float, float, float]) -> np.ndarray:
+def normalize_lut(
+    rescale: float, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> np.ndarray:
     """A (3, 256) float32 table: ``(v * rescale - mean[c]) / std[c]`` for every byte value."""
     values = (np.arange(256, dtype=np.float64) * rescale).astype(np.float32)
     m = np.asarray(mean, dtype=np.float32)[:, None]

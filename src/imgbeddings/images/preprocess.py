@@ -33,7 +33,9 @@ class Preprocessor:
     Thread-safe: one instance can be shared by decoding threads.
     """
 
-    def __init__(self, spec: PreprocessSpec, mode: Mode = "exact", max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self, spec: PreprocessSpec, mode: Mode = "exact", max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.spec = spec

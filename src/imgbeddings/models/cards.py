@@ -108,7 +108,9 @@ class PreprocessSpec:
                 f"preprocess.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
         object.__setattr__(self, "pad_color", _rgb(self.pad_color, "preprocess.pad_color"))
-        object.__setattr__(self, "alpha_background", _rgb(self.alpha_background, "preprocess.alpha_background"))
+        object.__setattr__(
+            self, "alpha_background", _rgb(self.alpha_background, "preprocess.alpha_background")
+        )
         object.__setattr__(self, "mean", _triple(self.mean, "preprocess.mean"))
         object.__setattr__(self, "std", _triple(self.std, "preprocess.std"))
         if any(s <= 0 for s in self.std):
@@ -278,8 +280,15 @@ def card_path_for(onnx_path: str | Path) -> Path:
     return onnx_path.with_name(onnx_path.stem + CARD_SUFFIX)
 
 
-def legacy_card(dim: int, filename: str, *, name: str | None = None, layers: int | None = None,
-                checkpoint: str | None = None, sha256: str | None = None) -> ModelCard:
+def legacy_card(
+    dim: int,
+    filename: str,
+    *,
+    name: str | None = None,
+    layers: int | None = None,
+    checkpoint: str | None = None,
+    sha256: str | None = None,
+) -> ModelCard:
     """The card of an original-imgbeddings style model (``pixel_values`` -> ``embeddings``)."""
     arch = {768: "ViT-B", 1024: "ViT-L"}.get(dim, f"ViT (hidden {dim})")
     return ModelCard(
@@ -294,8 +303,9 @@ def legacy_card(dim: int, filename: str, *, name: str | None = None, layers: int
     )
 
 
-def infer_card(onnx_path: str | Path, inputs: list[tuple[str, list[Any]]],
-               outputs: list[tuple[str, list[Any]]]) -> ModelCard:
+def infer_card(
+    onnx_path: str | Path, inputs: list[tuple[str, list[Any]]], outputs: list[tuple[str, list[Any]]]
+) -> ModelCard:
     """Infer a card for a bare ONNX file from its graph's inputs and outputs.
 
     Only the original imgbeddings layout is unambiguous: one input ``pixel_values``
@@ -318,7 +328,9 @@ def infer_card(onnx_path: str | Path, inputs: list[tuple[str, list[Any]]],
         )
     in_shape = inputs[0][1]
     if len(in_shape) != 4 or list(in_shape[1:]) != [3, 224, 224]:
-        raise CardError(f"{onnx_path}: input 'pixel_values' has shape {in_shape}, expected [N, 3, 224, 224]. {how}")
+        raise CardError(
+            f"{onnx_path}: input 'pixel_values' has shape {in_shape}, expected [N, 3, 224, 224]. {how}"
+        )
     out_shape = dict(outputs)["embeddings"]
     dim = out_shape[-1] if out_shape else None
     if len(out_shape) != 2 or not isinstance(dim, int):
