@@ -34,7 +34,13 @@ import types
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from imgbeddings.export.samples import photo_like
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_original import get_embeddings_from_output, square_pad
 
 SEED = 20261129
 IMAGES = {  # name: (width, height, format)
@@ -47,30 +53,6 @@ IMAGES = {  # name: (width, height, format)
     "small_61x97.png": (61, 97, "PNG"),
     "odd_333x301.jpg": (333, 301, "JPEG"),
 }
-
-
-def photo_like(width: int, height: int, rng: np.random.Generator) -> Image.Image:
-    """A deterministic image with photo-like structure: gradients, blurred shapes, texture."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack(
-        [
-            128 + 100 * np.sin(xx / (width / rng.uniform(1, 4)) + rng.uniform(0, 6)),
-            128 + 100 * np.cos(yy / (height / rng.uniform(1, 4)) + rng.uniform(0, 6)),
-            128 + 80 * np.sin((xx + yy) / ((width + height) / rng.uniform(2, 6))),
-        ],
-        axis=-1,
-    )
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-        rx, ry = rng.uniform(0.05, 0.3) * width, rng.uniform(0.05, 0.3) * height
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.ellipse([x0 - rx, y0 - ry, x0 + rx, y0 + ry], fill=color)
-    img = img.filter(ImageFilter.GaussianBlur(radius=max(1, min(width, height) / 150)))
-    noise = rng.normal(0, 6, (height, width, 3))
-    arr = np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 def make_images(out: Path, rng: np.random.Generator) -> list[Path]:
@@ -88,16 +70,8 @@ def make_images(out: Path, rng: np.random.Generator) -> list[Path]:
 
 
 def legacy_pooling(outputs, num_layers: int):
-    """The original imgbeddings pooling (get_embeddings_from_output in its models.py)."""
-    import torch
-
-    hidden = torch.sum(torch.stack([outputs.hidden_states[i] for i in range(-num_layers, 0)]), 0)
-    att = torch.stack([outputs.attentions[i] for i in range(-num_layers, 0)])
-    att = torch.transpose(att, 1, 0)
-    weights = torch.mean(att, (1, 2, 3)).clone()
-    weights[:, 0] = 0.0
-    weights = weights / torch.unsqueeze(torch.sum(weights, 1), 1)
-    return (hidden * weights.unsqueeze(2)).sum(1)
+    """The original imgbeddings pooling (tests/reference_original.py)."""
+    return get_embeddings_from_output(outputs, num_layers)
 
 
 def tiny_config(patch_size: int, layers: int, projection: bool = False):
@@ -127,10 +101,6 @@ def build_model(kind: str, patch_size: int, layers: int, seed: int):
     cls = CLIPVisionModelWithProjection if kind == "projection" else CLIPVisionModel
     model = cls(cfg).eval()
     return model
-
-
-class LegacyWrapper:  # built lazily so that importing this script does not need torch
-    pass
 
 
 def export_onnx(model, kind: str, num_layers: int | None, path: Path) -> None:
@@ -213,15 +183,6 @@ def write_card(
 def reference_pixels(paths: list[Path]) -> dict[str, np.ndarray]:
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-    def square_pad(img):  # the original's utils.square_pad, black background
-        w, h = img.size
-        if w == h:
-            return img
-        side = max(w, h)
-        res = Image.new(img.mode, (side, side), (0, 0, 0))
-        res.paste(img, ((side - w) // 2, (side - h) // 2) if w < h else (0, (side - h) // 2))
-        return res
 
     pad = CLIPImageProcessorPil(do_center_crop=False)
     crop = CLIPImageProcessorPil()

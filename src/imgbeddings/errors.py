@@ -117,6 +117,21 @@ class ProviderError(ImgbeddingsError, ValueError):
     """An ONNX Runtime execution provider was asked for that this install does not have."""
 
 
+# --- export ----------------------------------------------------------------------------
+
+
+class ExportError(ImgbeddingsError):
+    """A model could not be exported (missing extra, bad checkpoint, bad option)."""
+
+
+class UnsupportedArchitecture(ExportError, ValueError):
+    """The checkpoint's architecture is not one the exporter handles."""
+
+
+class AccuracyGateFailed(ExportError):
+    """An exported model's outputs are too far from the reference to be trusted."""
+
+
 def describe(obj: Any) -> str:
     """A short, safe description of an input item for error messages."""
     import os

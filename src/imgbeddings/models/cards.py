@@ -150,12 +150,14 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class FileSpec:
-    """The ONNX file: its name, SHA-256, and (for downloadable models) hub location."""
+    """The ONNX file: its name, SHA-256, numeric precision (``fp32``, or the INT8 recipe), and
+    (for downloadable models) its hub location."""
 
     filename: str
     sha256: str | None = None
     repo_id: str | None = None
     revision: str | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.sha256 is not None:

@@ -73,6 +73,8 @@ def verify_local(path: Path, card: ModelCard) -> None:
 def _resolve_local(path: Path) -> ResolvedModel:
     if path.is_dir():
         cards = sorted(path.glob("*" + CARD_SUFFIX))
+        if len(cards) > 1 and (path / ("model" + CARD_SUFFIX)).is_file():
+            cards = [path / ("model" + CARD_SUFFIX)]  # an export folder: model.onnx is the one to use
         if len(cards) == 1:
             card = ModelCard.load(cards[0])
             onnx_path = path / card.file.filename

@@ -1,0 +1,252 @@
+"""``export_model``: a Hugging Face CLIP/SigLIP checkpoint -> verified ONNX model(s) + cards.
+
+Output folder::
+
+    DIR/model.onnx            the model to use (INT8 unless --quantize none)
+    DIR/model.card.json       its card (Embedder(DIR) picks this one)
+    DIR/model_fp32.onnx       the float32 export (when quantised)
+    DIR/model_fp32.card.json
+    DIR/export_report.json    accuracy figures, versions, options
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import AccuracyGateFailed, ExportError
+from ..images.preprocess import Preprocessor
+from ..models.cards import FileSpec, ModelCard, OutputSpec, PreprocessSpec, SourceSpec, card_path_for
+from . import models as tm
+from .quantize import RECIPES, quantize
+from .samples import varied_images
+from .verify import agreement, run_onnx, run_torch
+
+DEFAULT_OPSET = 17
+MIN_FP32_COSINE = 0.99999
+MIN_INT8_COSINE = 0.99
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and measured."""
+
+    out_dir: Path
+    model_path: Path
+    card: ModelCard
+    fp32_path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _architecture(source: tm.Source) -> str:
+    vc = tm.vision_config(source)
+    width = vc.get("hidden_size", 768)
+    size = {768: "B", 1024: "L", 1152: "So400m", 1280: "H", 512: "S", 384: "S"}.get(width, f"w{width}")
+    return f"ViT-{size}/{vc.get('patch_size', '?')}"
+
+
+def preprocess_spec(source: tm.Source, kind: str, resize_mode: str | None) -> PreprocessSpec:
+    """The card's preprocessing, read from the checkpoint's ``preprocessor_config.json``.
+
+    Geometry defaults: ``pad`` for ``legacy`` (the original imgbeddings), otherwise what the
+    checkpoint's own processor does (``crop`` for CLIP, ``squash`` for SigLIP).
+    """
+    image_size = int(tm.vision_config(source).get("image_size", 224))
+    cfg_file = source.path / "preprocessor_config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    if not cfg:
+        raise ExportError(
+            f"{source.name} has no preprocessor_config.json: the image size, mean and std cannot be known"
+        )
+    if resize_mode is None:
+        if kind == "legacy":
+            resize_mode = "pad"
+        elif cfg.get("do_center_crop"):
+            resize_mode = "crop"
+        else:
+            resize_mode = "squash"
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if mean is None or std is None:
+        raise ExportError(f"{cfg_file} has no image_mean/image_std")
+    crop = cfg.get("crop_size") or {}
+    size = cfg.get("size") or {}
+    declared = crop.get("height") if resize_mode == "crop" else size.get("height", size.get("shortest_edge"))
+    if declared is not None and int(declared) != image_size:
+        raise ExportError(f"{cfg_file} says images are {declared} px, the model's config says {image_size}")
+    return PreprocessSpec(
+        size=image_size,
+        resize_mode=resize_mode,
+        interpolation=_RESAMPLE_NAMES.get(int(cfg.get("resample", 3)), "bicubic"),
+        rescale=float(cfg.get("rescale_factor", 1 / 255)),
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def _write_card(onnx_path: Path, base: ModelCard, precision: str, description: str) -> ModelCard:
+    from ..hub import sha256_file
+
+    card = ModelCard(
+        name=base.name if precision != "fp32" or base.name.endswith("fp32") else f"{base.name}-fp32",
+        family=base.family,
+        architecture=base.architecture,
+        preprocess=base.preprocess,
+        output=base.output,
+        file=FileSpec(filename=onnx_path.name, sha256=sha256_file(onnx_path), precision=precision),
+        source=base.source,
+        description=description,
+    )
+    card.save(card_path_for(onnx_path))
+    return card
+
+
+def export_model(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    kind: str = "projection",
+    legacy_layers: int | None = None,
+    quantize_recipe: str | None = "int8",
+    resize_mode: str | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    min_fp32_cosine: float = MIN_FP32_COSINE,
+    min_int8_cosine: float = MIN_INT8_COSINE,
+    verify_images: int = 16,
+    log: Any = print,
+) -> ExportResult:
+    """Export a checkpoint's vision tower to ONNX, quantise it, verify it and write cards.
+
+    Args:
+        src: a Hugging Face model id or a local checkpoint folder (config, weights,
+            ``preprocessor_config.json``).
+        out_dir: output folder (created).
+        kind: ``projection`` (CLIP image-text space), ``legacy`` (the original imgbeddings
+            pooling) or ``pooled`` (post-layernorm CLS / SigLIP pooling head).
+        legacy_layers: hidden states pooled by ``legacy`` (default: 6 for patch-32 models, 1
+            otherwise, the settings of the original release; capped at the layer count).
+        quantize_recipe: ``int8`` (default), ``int8-original``, ``int8-plain``, or None/"none".
+        resize_mode: override the card's geometry (``pad``, ``crop``, ``squash``).
+        min_fp32_cosine, min_int8_cosine: accuracy gates; below them the export fails with
+            :class:`AccuracyGateFailed` (files are left in place for inspection).
+        verify_images: how many generated images the accuracy checks use.
+        log: where progress lines go (``print`` by default; the CLI passes its console).
+
+    Raises:
+        UnsupportedArchitecture, ExportError, AccuracyGateFailed.
+    """
+    if kind not in tm.KINDS:
+        raise ExportError(f"kind must be one of {tm.KINDS}, got {kind!r}")
+    if quantize_recipe in (None, "none"):
+        quantize_recipe = None
+    elif quantize_recipe not in RECIPES:
+        raise ExportError(f"--quantize must be one of {(*RECIPES, 'none')}, got {quantize_recipe!r}")
+    tm.require_torch()
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = tm.locate(src, revision)
+    if kind == "legacy" and legacy_layers is None:
+        vc = tm.vision_config(source)
+        legacy_layers = min(6 if vc.get("patch_size") == 32 else 1, int(vc.get("num_hidden_layers", 12)))
+    log(f"loading {source.name} ({source.family}, {_architecture(source)}) as kind={kind}")
+    model = tm.load_vision_model(source, kind)
+    module = tm.wrap(model, source, kind, legacy_layers)
+    spec = preprocess_spec(source, kind, resize_mode)
+
+    fp32_path = out / ("model_fp32.onnx" if quantize_recipe else "model.onnx")
+    log(f"exporting float32 ONNX (opset {opset}) -> {fp32_path}")
+    tm.export_onnx(module, fp32_path, image_size=spec.size, output_name=tm.OUTPUT_NAMES[kind], opset=opset)
+
+    # Accuracy: our own preprocessing of varied images, then PyTorch vs ONNX on the same tensors.
+    pixels = Preprocessor(spec).batch(varied_images(verify_images))
+    reference = run_torch(module, pixels)
+    fp32_out = run_onnx(fp32_path, pixels)
+    dim = int(fp32_out.shape[1])
+    fp32_vs_torch = agreement(fp32_out, reference)
+    log(f"fp32 ONNX vs PyTorch: min cosine {fp32_vs_torch.min:.7f}, mean {fp32_vs_torch.mean:.7f}")
+
+    base = ModelCard(
+        name=name or f"{Path(str(source.name).rstrip('/')).name}-{kind}",
+        family=source.family,
+        architecture=_architecture(source),
+        preprocess=spec,
+        output=OutputSpec(dim=dim, kind=kind, name=tm.OUTPUT_NAMES[kind], legacy_layers=legacy_layers),
+        file=FileSpec(filename=fp32_path.name),
+        source=SourceSpec(checkpoint=str(source.name), revision=source.revision),
+    )
+    what = {
+        "projection": "image embeddings in the model's image-text space",
+        "legacy": f"original imgbeddings pooling of the last {legacy_layers} hidden state(s)",
+        "pooled": "pooled image features",
+    }[kind]
+    fp32_card = _write_card(fp32_path, base, "fp32", f"{base.architecture} {what}; float32.")
+    report: dict[str, Any] = {
+        "source": str(source.name),
+        "revision": source.revision,
+        "kind": kind,
+        "legacy_layers": legacy_layers,
+        "opset": opset,
+        "quantize": quantize_recipe or "none",
+        "fp32_vs_torch": fp32_vs_torch.to_dict(),
+        "versions": _versions(),
+    }
+    result = ExportResult(out, fp32_path, fp32_card, fp32_path, report)
+    if fp32_vs_torch.min < min_fp32_cosine:
+        _save_report(out, report)
+        raise AccuracyGateFailed(
+            f"fp32 ONNX disagrees with PyTorch: min cosine {fp32_vs_torch.min:.7f} < {min_fp32_cosine}"
+        )
+    if quantize_recipe:
+        int8_path = out / "model.onnx"
+        log(f"quantising ({quantize_recipe}) -> {int8_path}")
+        quantize(fp32_path, int8_path, quantize_recipe)
+        int8_vs_fp32 = agreement(run_onnx(int8_path, pixels), fp32_out)
+        report["int8_vs_fp32"] = int8_vs_fp32.to_dict()
+        log(f"INT8 vs fp32: min cosine {int8_vs_fp32.min:.5f}, mean {int8_vs_fp32.mean:.5f}")
+        result.card = _write_card(
+            int8_path, base, quantize_recipe, f"{base.architecture} {what}; {quantize_recipe}."
+        )
+        result.model_path = int8_path
+        if int8_vs_fp32.min < min_int8_cosine:
+            _save_report(out, report)
+            raise AccuracyGateFailed(
+                f"INT8 model disagrees with fp32: min cosine {int8_vs_fp32.min:.5f} < {min_int8_cosine} "
+                f"over {int8_vs_fp32.n} images. Try --quantize none, or another recipe."
+            )
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["card_fingerprint"] = result.card.fingerprint()
+    _save_report(out, report)
+    log(f"done in {report['seconds']} s: {result.model_path} ({dim}-d)")
+    return result
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "imgbeddings": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def _save_report(out: Path, report: dict[str, Any]) -> None:
+    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
