@@ -65,7 +65,7 @@ def export_cmd(
     ] = None,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,  # noqa: UP045
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of SRC.")] = None,  # noqa: UP045
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 20,
     min_int8_cosine: Annotated[
         float, typer.Option(help="Fail if INT8 vs fp32 cosine falls below this.")
     ] = 0.99,
