@@ -1,50 +1,66 @@
 """imgbeddings: image embeddings from CLIP-family vision models on ONNX Runtime.
 
 Public names: :class:`imgbeddings` (the original 0.1.0 API), :class:`Embedder` (the modern
-API), :class:`EmbedResult`, :class:`ModelCard`, :func:`list_models`, :class:`PCAModel`,
-:func:`fit_pca`, and the error classes in :mod:`imgbeddings.errors`.
+API), :func:`embed_stream` and :func:`embed_files` (large collections), :func:`load` (read an
+output folder), :class:`ModelCard`, :func:`list_models`, :class:`PCAModel`, :func:`fit_pca`,
+and the error classes of :mod:`imgbeddings.errors`.
+
+Names are imported on first use, so ``import imgbeddings`` (and each decode worker process)
+stays cheap: ONNX Runtime loads only when a model does.
 """
 
-from .embedder import Embedder, EmbedResult, Failure
-from .errors import (
-    CardError,
-    ImageDecodeError,
-    ImageNotFound,
-    ImageTooLarge,
-    ImgbeddingsError,
-    InputError,
-    ModelCorrupted,
-    ModelError,
-    ModelNotFound,
-    ModelUnavailable,
-    ProviderError,
-)
-from .legacy import imgbeddings
-from .models.cards import ModelCard
-from .models.registry import list_models
-from .pca import PCAModel, fit_pca
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0.dev0"
 
-__all__ = [
-    "CardError",
-    "EmbedResult",
-    "Embedder",
-    "Failure",
-    "ImageDecodeError",
-    "ImageNotFound",
-    "ImageTooLarge",
-    "ImgbeddingsError",
-    "InputError",
-    "ModelCard",
-    "ModelCorrupted",
-    "ModelError",
-    "ModelNotFound",
-    "ModelUnavailable",
-    "PCAModel",
-    "ProviderError",
-    "__version__",
-    "fit_pca",
-    "imgbeddings",
-    "list_models",
-]
+_LAZY = {
+    "imgbeddings": "legacy",
+    "Embedder": "embedder",
+    "EmbedResult": "embedder",
+    "Failure": "embedder",
+    "embed_stream": "pipeline",
+    "Batch": "pipeline",
+    "embed_files": "job",
+    "load": "io",
+    "iter_load": "io",
+    "ModelCard": "models.cards",
+    "list_models": "models.registry",
+    "PCAModel": "pca",
+    "fit_pca": "pca",
+}
+_ERRORS = (
+    "AccuracyGateFailed CardError ExportError ImageDecodeError ImageNotFound ImageTooLarge "
+    "ImgbeddingsError InputError ModelCorrupted ModelError ModelMismatch ModelNotFound "
+    "ModelUnavailable OutputError ProviderError UnsupportedArchitecture"
+).split()
+_LAZY.update(dict.fromkeys(_ERRORS, "errors"))
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imgbeddings' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .embedder import Embedder, EmbedResult, Failure  # noqa: F401
+    from .errors import *  # noqa: F403
+    from .io import iter_load, load  # noqa: F401
+    from .job import embed_files  # noqa: F401
+    from .legacy import imgbeddings  # noqa: F401
+    from .models.cards import ModelCard  # noqa: F401
+    from .models.registry import list_models  # noqa: F401
+    from .pca import PCAModel, fit_pca  # noqa: F401
+    from .pipeline import Batch, embed_stream  # noqa: F401

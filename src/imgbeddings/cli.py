@@ -7,6 +7,7 @@ Errors are mapped to one line on stderr and an exit code (tracebacks only with
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,18 +22,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 err_console = Console(stderr=True)
 
-# Most specific first: the first matching class decides the message prefix and exit code.
+# Exit codes (README "Exit codes"). Most specific first: the first matching class decides.
+EXIT_PARTIAL = 6  # the job finished, but some inputs failed (their rows say why)
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.AccuracyGateFailed, 4, "accuracy gate failed"),
     (errors.UnsupportedArchitecture, 3, "unsupported model"),
     (errors.ExportError, 3, "export failed"),
+    (errors.ModelMismatch, 8, "output holds another model"),
+    (errors.OutputError, 8, "output error"),
     (errors.ModelUnavailable, 5, "model unavailable"),
     (errors.ModelCorrupted, 5, "model corrupted"),
     (errors.ModelError, 5, "model error"),
-    (errors.InputError, 2, "bad input"),
+    (errors.InputError, 7, "stopped at a bad input (--strict)"),
     (errors.ImgbeddingsError, 1, "error"),
 ]
 
@@ -93,6 +98,174 @@ def export_cmd(
     typer.echo(str(result.model_path))
 
 
+@app.command("embed")
+def embed_cmd(
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders, .txt files listing paths (one per line), or - for stdin."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created, or resumed).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Built-in name, hub repo, or .onnx file.")
+    ] = "patch32_v1",
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.")] = 32,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Decode worker processes (default: half the CPUs; 0 = decode in-process)."),
+    ] = None,
+    threads: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="ONNX Runtime threads (default: the CPUs this process may use)."),
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk sub-folders too.")] = False,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast/--exact", help="fast: reduced-scale JPEG decoding (default); exact: reference pixels."
+        ),
+    ] = True,
+    fmt: Annotated[
+        str, typer.Option("--format", help="parquet (shards) | npy (shards + embeddings.npy/paths.txt).")
+    ] = "parquet",
+    strict: Annotated[bool, typer.Option(help="Stop at the first bad input (exit code 7).")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Embed again files that failed in an earlier run.")
+    ] = False,
+    shard_size: Annotated[
+        int, typer.Option(help="Rows per Parquet shard (the most a kill can lose).")
+    ] = 4096,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Embed images into OUTPUT as resumable Parquet shards.
+
+    Re-running the same command finishes an interrupted job and embeds only files that are new
+    or changed. Exit code 0 when every input worked, 6 when some failed (the rest is written
+    and the failures are in OUTPUT/failures.parquet), 7 when --strict stopped at a bad input.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .job import embed_files
+
+    if fmt not in ("parquet", "npy"):
+        raise typer.BadParameter(f"--format must be parquet or npy, got {fmt!r}")
+    bar = Progress(
+        TextColumn("[bold]embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} img/s"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not progress,
+        transient=False,
+    )
+    state = {"task": None, "failed": 0, "t0": 0.0}
+
+    def on_start(total: int, skipped: int) -> None:
+        if skipped:
+            err_console.print(f"{skipped} file(s) already in {output}: skipped", highlight=False)
+        state["t0"] = time.perf_counter()
+        state["task"] = bar.add_task("embed", total=total, rate="-", failed=0)
+
+    def on_batch(done: int, failed: int) -> None:
+        state["failed"] += failed
+        task = bar.tasks[0]
+        rate = (task.completed + done) / max(time.perf_counter() - state["t0"], 1e-9)
+        bar.update(state["task"], advance=done, rate=f"{rate:.1f}", failed=state["failed"])
+
+    with bar:
+        result = embed_files(
+            paths,
+            output,
+            model=model,
+            mode="fast" if fast else "exact",
+            batch_size=batch_size,
+            workers=workers,
+            threads=threads,
+            recursive=recursive,
+            strict=strict,
+            retry_failed=retry_failed,
+            shard_size=shard_size,
+            npy=fmt == "npy",
+            on_start=on_start,
+            on_batch=on_batch,
+        )
+    c, t = result.counts, result.timings
+    err_console.print(
+        f"embedded {c.embedded}, skipped {c.skipped} (already done), failed {c.failed} "
+        f"in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s; {result.workers} decode "
+        f"worker(s), {result.ort_threads} ONNX Runtime thread(s))",
+        highlight=False,
+    )
+    err_console.print(
+        f"[dim]time split: decode {t.decode:.1f} s, geometry {t.geometry:.1f} s (summed over workers), "
+        f"normalize {t.normalize:.1f} s, inference {t.inference:.1f} s[/]",
+        highlight=False,
+    )
+    for f in result.failures[:20]:
+        err_console.print(f"[red]failed[/] {f.source}: {f.error}: {f.message}", highlight=False)
+    if len(result.failures) > 20:
+        err_console.print(f"... and {len(result.failures) - 20} more: see {output / 'failures.parquet'}")
+    typer.echo(str(output))
+    if c.failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the built-in models and whether each is in the local cache."""
+    from .hub import cached_model_file
+    from .models.registry import builtin_cards
+
+    for name, card in builtin_cards().items():
+        cached = cached_model_file(card.file.repo_id or "", card.file.filename, card.file.revision or "main")
+        where = str(cached) if cached else "not downloaded"
+        typer.echo(
+            f"{name:<12} {card.architecture:<9} {card.output.dim:>5}-d  {card.output.kind:<10} "
+            f"{card.file.repo_id}/{card.file.filename}  [{where}]"
+        )
+
+
+@app.command("info")
+def info_cmd(
+    target: Annotated[
+        Path, typer.Argument(help="A model (.onnx, .card.json, export folder) or an output folder.")
+    ],
+) -> None:
+    """Show a model's card, or an output folder's model, size and failures."""
+    import json
+
+    from .io import MANIFEST, load
+
+    if target.is_dir() and (target / MANIFEST).is_file():
+        data = load(target)
+        m = data.manifest
+        typer.echo(f"output       {target}")
+        typer.echo(
+            f"model        {m.get('model')} (fingerprint {m.get('fingerprint')}, mode {m.get('mode')})"
+        )
+        typer.echo(f"vectors      {len(data)} x {m.get('dim')} float32")
+        typer.echo(f"failures     {len(data.failures)}")
+        for f in data.failures[:10]:
+            typer.echo(f"  {f['path']}: {f['error']}: {f['message']}")
+        return
+    from .models.cards import ModelCard
+    from .models.registry import resolve
+
+    if target.name.endswith(".card.json"):
+        card = ModelCard.load(target)
+    else:
+        resolved = resolve(target)
+        if resolved.card is None:
+            from .embedder import Embedder
+
+            card = Embedder(target).card  # infers the card of a bare legacy-layout file
+        else:
+            card = resolved.card
+    typer.echo(json.dumps(card.to_dict(), indent=2))
+    typer.echo(f"fingerprint: {card.fingerprint()}")
+
+
 @app.callback()
 def _root() -> None:
     """Image embeddings from CLIP-family models on ONNX Runtime."""
@@ -101,7 +274,7 @@ def _root() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning imgbeddings errors into one line + exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except errors.ImgbeddingsError as exc:
         if settings.debug():
             raise
@@ -118,3 +291,5 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -117,6 +117,17 @@ class ProviderError(ImgbeddingsError, ValueError):
     """An ONNX Runtime execution provider was asked for that this install does not have."""
 
 
+# --- output ----------------------------------------------------------------------------
+
+
+class OutputError(ImgbeddingsError):
+    """An output folder cannot be written or read as asked."""
+
+
+class ModelMismatch(OutputError):
+    """The output folder holds vectors of another model or preprocessing mode."""
+
+
 # --- export ----------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from typing import Any, BinaryIO, Union
 
 import numpy as np
@@ -43,6 +44,8 @@ def _open(item: Any, source: str) -> Image.Image:
             raise ImageNotFound(source, reason)
         if os.path.isdir(path):
             raise ImageNotFound(source, "is a directory, not an image file")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise ImageDecodeError(source, "not a regular file (a pipe, socket or device)")
         # Read the file whole (compressed bytes, a few MB) so no file handle outlives this call.
         try:
             with open(path, "rb") as fh:

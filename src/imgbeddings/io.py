@@ -1,0 +1,394 @@
+"""Resumable, sharded Parquet output of embedding jobs, and loading it back.
+
+An output folder::
+
+    OUT/imgbeddings.json     manifest: model card, its fingerprint, preprocessing mode, dim
+    OUT/part-000000.parquet  shards, each written to a temporary name and renamed atomically
+    OUT/part-000001.parquet  ...
+    OUT/failures.parquet     all failures of the job (rebuilt at the end of each run)
+    OUT/embeddings.npy       optional (--format npy): all good vectors, memory-mappable,
+    OUT/paths.txt            with their paths, one per line, in the same order
+
+Each shard row: ``path`` (absolute), ``size`` (bytes), ``mtime_ns``, ``embedding``
+(``fixed_size_list<float32>[D]``, null for a failure), ``error`` and ``message`` (null for a
+success). Shard metadata carries the card fingerprint. A path has at most one row: when a file
+changed and is embedded again, the older shard is rewritten without its old row (and a run
+that was killed in between repairs that on its next start).
+
+Why it resumes correctly after ``kill -9``: a shard is either complete under its final name or
+absent (only ``*.tmp`` leftovers, deleted on the next start), and a file is skipped only when a
+complete shard holds its row with the same size and mtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelMismatch, OutputError
+from .models.cards import ModelCard
+
+MANIFEST = "imgbeddings.json"
+FORMAT_VERSION = 1
+_SHARD_GLOB = "part-*.parquet"
+
+
+def _pa() -> Any:
+    import pyarrow as pa
+
+    return pa
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_table(table: Any, path: Path) -> None:
+    """Write a Parquet table to ``path`` via a temporary file + fsync + rename."""
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _schema(dim: int, metadata: dict[str, str]) -> Any:
+    pa = _pa()
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("size", pa.int64()),
+            ("mtime_ns", pa.int64()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+            ("error", pa.string()),
+            ("message", pa.string()),
+        ],
+        metadata=metadata,
+    )
+
+
+@dataclass
+class _Row:
+    shard: str
+    size: int
+    mtime_ns: int
+    failed: bool
+
+
+@dataclass
+class RunCounts:
+    """What a run did."""
+
+    embedded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    shards_written: int = 0
+
+
+class OutputStore:
+    """An output folder opened for a job with one model and preprocessing mode.
+
+    Raises :class:`ModelMismatch` when the folder holds vectors of another model (card
+    fingerprint) or mode: appending would mix incomparable vectors.
+    """
+
+    def __init__(
+        self, out_dir: str | os.PathLike[str], card: ModelCard, mode: str, *, shard_size: int = 4096
+    ) -> None:
+        self.dir = Path(out_dir)
+        self.card = card
+        self.mode = mode
+        self.dim = card.output.dim
+        self.shard_size = shard_size
+        self.fingerprint = card.fingerprint()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            raise OutputError(f"{self.dir} is not a folder")
+        self._check_manifest()
+        for leftover in self.dir.glob(".*.tmp"):  # an interrupted write: never part of the output
+            leftover.unlink(missing_ok=True)
+        self.rows: dict[str, _Row] = {}
+        self._superseded: dict[str, set[str]] = {}
+        self._scan()
+        self._buffer: list[tuple[str, int, int, np.ndarray | None, str | None, str | None]] = []
+        self.counts = RunCounts()
+
+    # --- manifest and scan -----------------------------------------------------------------
+    def _check_manifest(self) -> None:
+        path = self.dir / MANIFEST
+        mine = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "mode": self.mode,
+            "dim": self.dim,
+            "model": self.card.name,
+            "card": self.card.to_dict(),
+        }
+        if path.is_file():
+            try:
+                theirs = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise OutputError(
+                    f"{path} is unreadable ({exc}); is {self.dir} an imgbeddings output?"
+                ) from exc
+            if theirs.get("fingerprint") != self.fingerprint or theirs.get("mode") != self.mode:
+                raise ModelMismatch(
+                    f"{self.dir} holds vectors of model {theirs.get('model')!r} (fingerprint "
+                    f"{theirs.get('fingerprint')}, mode {theirs.get('mode')}); this run uses "
+                    f"{self.card.name!r} (fingerprint {self.fingerprint}, mode {self.mode}). Vectors of "
+                    "different models or modes are not comparable: use another --output folder, or the "
+                    "same model and mode."
+                )
+            return
+        if any(self.dir.glob(_SHARD_GLOB)):
+            raise OutputError(f"{self.dir} has shards but no {MANIFEST}: not written by this tool?")
+        mine["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        tmp = path.with_name(f".{MANIFEST}.tmp")
+        tmp.write_text(json.dumps(mine, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def shards(self) -> list[Path]:
+        """Complete shard files, oldest first."""
+        return sorted(self.dir.glob(_SHARD_GLOB))
+
+    def _scan(self) -> None:
+        """Index existing rows by path; repair rows left duplicated by an interrupted run."""
+        import pyarrow.parquet as pq
+
+        stale: dict[str, set[str]] = {}
+        for shard in self.shards():
+            table = pq.read_table(shard, columns=["path", "size", "mtime_ns", "error"])
+            cols = [table.column(c).to_pylist() for c in ("path", "size", "mtime_ns", "error")]
+            for path, size, mtime, error in zip(*cols, strict=True):
+                old = self.rows.get(path)
+                if old is not None:
+                    stale.setdefault(old.shard, set()).add(path)
+                self.rows[path] = _Row(shard.name, size, mtime, error is not None)
+        for shard_name, paths in stale.items():
+            self._drop_rows(self.dir / shard_name, paths)
+
+    def _drop_rows(self, shard: Path, paths: set[str]) -> None:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(shard)
+        keep = pc.invert(pc.is_in(table.column("path"), value_set=_pa().array(sorted(paths))))
+        kept = table.filter(keep)
+        if kept.num_rows:
+            atomic_write_table(kept, shard)
+        else:
+            shard.unlink()
+            _fsync_dir(self.dir)
+
+    # --- what to do with a file -------------------------------------------------------------
+    def status(self, path: str, size: int | None, mtime_ns: int | None) -> str:
+        """``new``, ``done`` (same size and mtime embedded), ``failed`` (same, but it failed),
+        or ``changed`` (a row exists for an older version of the file)."""
+        row = self.rows.get(path)
+        if row is None:
+            return "new"
+        if size is not None and (row.size, row.mtime_ns) == (size, mtime_ns):
+            return "failed" if row.failed else "done"
+        return "changed"
+
+    # --- writing -----------------------------------------------------------------------------
+    def add(
+        self,
+        path: str,
+        size: int | None,
+        mtime_ns: int | None,
+        vector: np.ndarray | None,
+        error: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Queue one row; a shard is written every ``shard_size`` rows."""
+        self._buffer.append(
+            (
+                path,
+                size if size is not None else -1,
+                mtime_ns if mtime_ns is not None else -1,
+                vector,
+                error,
+                message,
+            )
+        )
+        if vector is None:
+            self.counts.failed += 1
+        else:
+            self.counts.embedded += 1
+        if len(self._buffer) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the queued rows as a new shard (atomically); returns its path."""
+        if not self._buffer:
+            return None
+        pa = _pa()
+        n = len(self._buffer)
+        flat = np.zeros((n, self.dim), dtype=np.float32)
+        valid = np.zeros(n, dtype=bool)
+        for i, row in enumerate(self._buffer):
+            if row[3] is not None:
+                flat[i] = row[3]
+                valid[i] = True
+        embedding = pa.FixedSizeListArray.from_arrays(
+            pa.array(flat.reshape(-1)), self.dim, mask=pa.array(~valid)
+        )
+        metadata = {
+            "imgbeddings.fingerprint": self.fingerprint,
+            "imgbeddings.mode": self.mode,
+            "imgbeddings.model": self.card.name,
+        }
+        columns = list(zip(*self._buffer, strict=True))
+        table = pa.table(
+            [
+                pa.array(columns[0], pa.string()),
+                pa.array(columns[1], pa.int64()),
+                pa.array(columns[2], pa.int64()),
+                embedding,
+                pa.array(columns[4], pa.string()),
+                pa.array(columns[5], pa.string()),
+            ],
+            schema=_schema(self.dim, metadata),
+        )
+        existing = self.shards()
+        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        shard = self.dir / f"part-{number:06d}.parquet"
+        atomic_write_table(table, shard)
+        for path, size, mtime, vector, _, _ in self._buffer:
+            old = self.rows.get(path)
+            if old is not None:
+                self._superseded.setdefault(old.shard, set()).add(path)
+            self.rows[path] = _Row(shard.name, size, mtime, vector is None)
+        self._buffer.clear()
+        self.counts.shards_written += 1
+        return shard
+
+    def close(self, npy: bool = False) -> RunCounts:
+        """Flush, drop superseded rows, rebuild ``failures.parquet`` (and ``embeddings.npy``)."""
+        self.flush()
+        for shard_name, paths in self._superseded.items():
+            if (self.dir / shard_name).exists():
+                self._drop_rows(self.dir / shard_name, paths)
+        self._superseded.clear()
+        result = load(self.dir, use_npy=False)
+        pa = _pa()
+        failures = pa.table({k: [f[k] for f in result.failures] for k in ("path", "error", "message")})
+        atomic_write_table(failures, self.dir / "failures.parquet")
+        if npy:
+            _write_npy(self.dir, result)
+        return self.counts
+
+
+def _write_npy(out: Path, result: Embeddings) -> None:
+    tmp = out / ".embeddings.npy.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(result.vectors, dtype=np.float32))
+        os.fsync(fh.fileno())
+    os.replace(tmp, out / "embeddings.npy")
+    tmp_paths = out / ".paths.txt.tmp"
+    tmp_paths.write_text("".join(p + "\n" for p in result.paths))
+    os.replace(tmp_paths, out / "paths.txt")
+    _fsync_dir(out)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Embeddings:
+    """A loaded output: ``paths[i]`` has vector ``vectors[i]``; failures listed apart."""
+
+    paths: list[str]
+    vectors: np.ndarray
+    failures: list[dict[str, str]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The output folder's manifest (model card, fingerprint, mode, dim)."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise OutputError(f"{out_dir} is not an imgbeddings output folder (no {MANIFEST})") from exc
+
+
+def iter_load(out_dir: str | os.PathLike[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream an output shard by shard: ``(paths, vectors)`` of the good rows of each shard,
+    so outputs larger than memory can be processed. Rows superseded by a newer shard (a run
+    killed mid-repair) are skipped."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(out_dir)
+    dim = int(manifest["dim"])
+    shards = sorted(Path(out_dir).glob(_SHARD_GLOB))
+    newest: dict[str, int] = {}
+    for i, shard in enumerate(shards):
+        for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist():
+            newest[p] = i
+    for i, shard in enumerate(shards):
+        table = pq.read_table(shard, columns=["path", "embedding"], memory_map=True)
+        table = table.filter(pc.is_valid(table.column("embedding")))
+        paths = table.column("path").to_pylist()
+        keep = [j for j, p in enumerate(paths) if newest[p] == i]
+        values = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        vectors = values.reshape(-1, dim)
+        if len(keep) != len(paths):
+            vectors, paths = vectors[keep], [paths[j] for j in keep]
+        yield paths, vectors
+
+
+def load(out_dir: str | os.PathLike[str], *, use_npy: bool = True) -> Embeddings:
+    """Load an output folder: paths, a float32 (N, D) matrix of the good rows, and failures.
+
+    With ``embeddings.npy`` present and current (``--format npy``), the matrix is a read-only
+    memory map of it (no copy into RAM); otherwise it is read from the Parquet shards.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    failures: list[dict[str, str]] = []
+    newest: dict[str, dict[str, str] | None] = {}
+    for shard in sorted(out.glob(_SHARD_GLOB)):
+        table = pq.read_table(shard, columns=["path", "error", "message"])
+        for p, e, m in zip(*(table.column(c).to_pylist() for c in ("path", "error", "message")), strict=True):
+            newest[p] = {"path": p, "error": e, "message": m} if e is not None else None
+    failures = [f for f in newest.values() if f is not None]
+    npy, listed = out / "embeddings.npy", out / "paths.txt"
+    if use_npy and npy.is_file() and listed.is_file():
+        paths = listed.read_text().splitlines()
+        vectors = np.load(npy, mmap_mode="r")
+        if len(paths) == vectors.shape[0] and len(paths) == sum(1 for f in newest.values() if f is None):
+            return Embeddings(paths, vectors, failures, manifest)
+    paths, parts = [], []
+    for p, v in iter_load(out):
+        paths.extend(p)
+        parts.append(v)
+    dim = int(manifest["dim"])
+    vectors = np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
+    return Embeddings(paths, vectors.astype(np.float32, copy=False), failures, manifest)
