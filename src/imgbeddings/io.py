@@ -46,6 +46,11 @@ def _pa() -> Any:
     return pa
 
 
+def _or_missing(value: int | None) -> int:
+    """Size/mtime as stored: -1 for a file that could not be stat'ed (missing, dangling link)."""
+    return -1 if value is None else value
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -206,7 +211,7 @@ class OutputStore:
         row = self.rows.get(path)
         if row is None:
             return "new"
-        if size is not None and (row.size, row.mtime_ns) == (size, mtime_ns):
+        if (row.size, row.mtime_ns) == (_or_missing(size), _or_missing(mtime_ns)):
             return "failed" if row.failed else "done"
         return "changed"
 

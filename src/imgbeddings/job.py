@@ -50,7 +50,7 @@ def plan_work(
     A path listed twice is embedded once. Files already in the output with the same size and
     mtime are skipped; so are earlier failures unless ``retry_failed``; changed files are redone.
     """
-    todo: list[tuple[str, int | None, int | None]] = []
+    todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
     skipped = 0
     for raw in expand(paths, recursive=recursive, stdin=stdin):
@@ -59,7 +59,7 @@ def plan_work(
             continue
         seen.add(path)
         st = file_stat(path)
-        size, mtime = st if st else (None, None)
+        size, mtime = st if st else (-1, -1)  # missing or dangling: recorded as such, retried once it exists
         status = store.status(path, size, mtime)
         if status == "done" or (status == "failed" and not retry_failed):
             skipped += 1

@@ -160,6 +160,9 @@ class _Dispatcher(threading.Thread):
     """Feeds items to worker processes and collects their results into ``out`` (a Queue of
     ``(index, item, ok, payload)``; payload is a uint8 image or a Failure), then ``("end", n)``."""
 
+    #: The worker process's main function (tests substitute one that crashes or hangs on cue).
+    worker_target = staticmethod(_worker_main)
+
     def __init__(
         self,
         items: Iterator[Any],
@@ -188,7 +191,7 @@ class _Dispatcher(threading.Thread):
     def _start_worker(self) -> _Worker:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
-            target=_worker_main,
+            target=self.worker_target,
             args=(child, self.pre.spec, self.pre.mode, self.pre.max_pixels),
             name="imgbeddings-decode",
             daemon=True,

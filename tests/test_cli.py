@@ -1,0 +1,204 @@
+"""The command line: embed (good and broken files, resume, incremental, strict, kill -9),
+models, info, export errors. In-process through ``cli.main`` plus the real entry point in
+subprocesses where a process boundary matters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import MODELS
+from imgbeddings import Embedder, load
+from imgbeddings.cli import main
+
+MODEL = str(MODELS / "tiny_b32_legacy.onnx")  # fp32: vectors do not depend on batch-mates
+OTHER = str(MODELS / "tiny_b32_legacy_int8.onnx")
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def photos(tmp_path, image_paths):
+    """A folder of good photos (one in a sub-folder) and broken files."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for p in image_paths[:5]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "sub" / "nested.PNG").write_bytes(image_paths[5].read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "fake.png").write_text("<html>")
+    data = image_paths[0].read_bytes()
+    (folder / "cut.jpg").write_bytes(data[:2000])
+    (folder / "album.jpg").mkdir()
+    os.symlink(folder / "gone.jpg", folder / "broken.jpg")
+    return folder
+
+
+def rows(out) -> list[str]:
+    return [
+        r for s in sorted(out.glob("part-*.parquet")) for r in pq.read_table(s).column("path").to_pylist()
+    ]
+
+
+def test_embed_folder_with_broken_files(photos, tmp_path, capsys, image_paths):
+    out = tmp_path / "out"
+    code, stdout, err = run(
+        ["embed", str(photos), "-o", str(out), "-m", MODEL, "-r", "--no-progress"], capsys
+    )
+    assert code == 6, err  # finished, some inputs failed
+    assert stdout.strip() == str(out)
+    assert "embedded 6, skipped 0 (already done), failed 5" in err
+    assert "time split: decode" in err and "failed " + str(photos / "fake.png") in err
+    data = load(out)
+    assert sorted(os.path.basename(p) for p in data.paths) == sorted(
+        [p.name for p in image_paths[:5]] + ["nested.PNG"]
+    )
+    failures = {
+        os.path.basename(f["path"]): f["error"] for f in pq.read_table(out / "failures.parquet").to_pylist()
+    }
+    assert failures == {
+        "empty.jpg": "ImageDecodeError",
+        "fake.png": "ImageDecodeError",
+        "cut.jpg": "ImageDecodeError",
+        "album.jpg": "ImageNotFound",
+        "broken.jpg": "ImageNotFound",
+    }
+    fast = Embedder(MODEL, mode="fast")
+    by_path = dict(zip(data.paths, data.vectors, strict=True))
+    nested = str(photos / "sub" / "nested.PNG")
+    assert np.allclose(by_path[nested], fast.embed(nested)[0], atol=1e-4)
+
+
+def test_rerun_skips_and_embeds_only_new_or_changed_files(photos, tmp_path, capsys, image_paths):
+    out = tmp_path / "out"
+    args = ["embed", str(photos), "-o", str(out), "-m", MODEL, "--no-progress"]
+    run(args, capsys)
+    code, _, err = run(args, capsys)
+    assert code == 0 and "embedded 0, skipped 10 (already done), failed 0" in err  # 5 photos, 5 broken
+    (photos / "new.png").write_bytes(image_paths[6].read_bytes())
+    changed = photos / image_paths[1].name
+    changed.write_bytes(image_paths[7].read_bytes())
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    code, _, err = run(args, capsys)
+    assert "embedded 2, skipped 9" in err
+    assert sorted(rows(out)) == sorted(set(rows(out)))  # one row per file
+    fresh = Embedder(MODEL, mode="fast").embed(str(changed))[0]
+    data = load(out)
+    assert np.allclose(dict(zip(data.paths, data.vectors, strict=True))[str(changed)], fresh, atol=1e-4)
+    code, _, err = run([*args, "--retry-failed"], capsys)
+    assert code == 6 and "embedded 0, skipped 6 (already done), failed 5" in err  # broken ones tried again
+
+
+def test_strict_stops_at_the_first_bad_input(photos, tmp_path, capsys):
+    code, _, err = run(
+        ["embed", str(photos), "-o", str(tmp_path / "o"), "-m", MODEL, "--strict", "--no-progress"], capsys
+    )
+    assert code == 7 and "stopped at a bad input" in err and "Traceback" not in err
+
+
+def test_lists_stdin_npy_and_mismatched_model(photos, tmp_path, capsys, monkeypatch, image_paths):
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(str(p) for p in image_paths[:3]) + "\n")
+    out = tmp_path / "o"
+    code, _, err = run(
+        ["embed", str(listing), "-o", str(out), "-m", MODEL, "--format", "npy", "--no-progress"], capsys
+    )
+    assert code == 0 and np.load(out / "embeddings.npy").shape == (3, 32)
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{image_paths[4]}\n"))
+    code, _, err = run(
+        ["embed", "-", "-o", str(out), "-m", MODEL, "--format", "npy", "--no-progress"], capsys
+    )
+    assert code == 0 and len(load(out)) == 4
+    code, _, err = run(["embed", str(listing), "-o", str(out), "-m", OTHER], capsys)
+    assert code == 8 and "holds vectors of model" in err
+    code, _, err = run(["embed", str(listing), "-o", str(out), "-m", MODEL, "--exact"], capsys)
+    assert code == 8 and "mode fast" in err
+
+
+def test_models_and_info(tmp_path, capsys, image_paths):
+    code, stdout, _ = run(["models"], capsys)
+    assert code == 0 and "patch32_v1" in stdout and "not downloaded" in stdout
+    code, stdout, _ = run(["info", MODEL], capsys)
+    assert code == 0 and '"kind": "legacy"' in stdout and "fingerprint" in stdout
+    out = tmp_path / "o"
+    run(["embed", str(image_paths[0]), str(tmp_path / "nope.jpg"), "-o", str(out), "-m", MODEL], capsys)
+    code, stdout, _ = run(["info", str(out)], capsys)
+    assert code == 0 and "1 x 32 float32" in stdout and "nope.jpg: ImageNotFound" in stdout
+
+
+def test_unknown_model_is_one_clear_line(tmp_path, capsys, image_paths):
+    code, _, err = run(
+        ["embed", str(image_paths[0]), "-o", str(tmp_path / "o"), "-m", "nope/nope/x.bin"], capsys
+    )
+    assert code == 5 and "no model" in err and "Traceback" not in err
+
+
+def test_kill_9_then_rerun_gives_exactly_one_row_per_input(tmp_path):
+    """SIGKILL in the middle of a job, then the same command again: every input has exactly
+    one row, no temporary file is left, and completed shards were not redone."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgbeddings",
+        "embed",
+        str(folder),
+        "-o",
+        str(out),
+        "-m",
+        MODEL,
+        "--batch-size",
+        "2",
+        "--shard-size",
+        "20",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(out.glob("part-*.parquet"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert 3 <= len(first) < 30
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"skipped {20 * len(first)} (already done)" in again.stderr
+    paths = rows(out)
+    assert len(paths) == len(set(paths)) == 600
+    assert not list(out.glob(".*tmp"))
+    assert all((out / name).stat().st_mtime_ns == ns for name, ns in first.items())  # not rewritten
+    assert load(out).vectors.shape == (600, 32)
+
+
+def test_entry_point_help():
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgbeddings", "embed", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "--output" in proc.stdout and "resum" in proc.stdout

@@ -1,0 +1,115 @@
+"""Resumable Parquet output: atomic shards, skip/redo logic, model mismatch, loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import MODELS
+from imgbeddings import load
+from imgbeddings.errors import ModelMismatch, OutputError
+from imgbeddings.io import OutputStore, iter_load
+from imgbeddings.models.cards import ModelCard, card_path_for
+
+CARD = ModelCard.load(card_path_for(MODELS / "tiny_b32_legacy.onnx"))
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=32).astype(np.float32)
+
+
+def test_rows_shards_and_load(tmp_path):
+    store = OutputStore(tmp_path, CARD, "exact", shard_size=3)
+    for i in range(7):
+        store.add(f"/img/{i}.jpg", 100 + i, 1000 + i, vec(i))
+    store.add("/img/bad.jpg", 5, 6, None, "ImageDecodeError", "truncated")
+    counts = store.close()
+    assert (counts.embedded, counts.failed, counts.shards_written) == (7, 1, 3)
+    assert [p.name for p in store.shards()] == [
+        "part-000000.parquet",
+        "part-000001.parquet",
+        "part-000002.parquet",
+    ]
+    assert not list(tmp_path.glob(".*tmp"))
+    table = pq.read_table(tmp_path / "part-000000.parquet")
+    kind = table.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(kind) and kind.list_size == 32 and kind.value_type == pa.float32()
+    assert table.schema.metadata[b"imgbeddings.fingerprint"].decode() == CARD.fingerprint()
+    out = load(tmp_path)
+    assert out.paths == [f"/img/{i}.jpg" for i in range(7)]
+    assert np.array_equal(out.vectors, np.stack([vec(i) for i in range(7)]))
+    assert out.failures == [{"path": "/img/bad.jpg", "error": "ImageDecodeError", "message": "truncated"}]
+    failures = pq.read_table(tmp_path / "failures.parquet").to_pylist()
+    assert failures == out.failures
+    streamed = list(iter_load(tmp_path))
+    assert sum(len(p) for p, _ in streamed) == 7
+
+
+def test_status_and_superseded_rows(tmp_path):
+    store = OutputStore(tmp_path, CARD, "fast", shard_size=10)
+    store.add("/a.jpg", 1, 1, vec(1))
+    store.add("/b.jpg", 2, 2, None, "ImageDecodeError", "bad")
+    store.close()
+    again = OutputStore(tmp_path, CARD, "fast")
+    assert again.status("/a.jpg", 1, 1) == "done"
+    assert again.status("/b.jpg", 2, 2) == "failed"
+    assert again.status("/a.jpg", 1, 99) == "changed"
+    assert again.status("/c.jpg", 1, 1) == "new"
+    again.add("/a.jpg", 1, 99, vec(9))  # the file changed: new row, old one dropped
+    again.close()
+    out = load(tmp_path)
+    assert out.paths == ["/a.jpg"] and np.array_equal(out.vectors[0], vec(9))
+    rows = [r for s in again.shards() for r in pq.read_table(s).column("path").to_pylist()]
+    assert sorted(rows) == ["/a.jpg", "/b.jpg"]
+
+
+def test_duplicates_left_by_a_killed_run_are_repaired(tmp_path):
+    store = OutputStore(tmp_path, CARD, "fast", shard_size=1)
+    store.add("/a.jpg", 1, 1, vec(1))
+    store.add("/a.jpg", 1, 2, vec(2))  # second shard; pretend the run died before dropping the first row
+    store._superseded.clear()
+    store.flush()
+    assert len(store.shards()) == 2
+    assert load(tmp_path).paths == ["/a.jpg"]  # the loader already keeps only the newest row
+    OutputStore(tmp_path, CARD, "fast")  # opening repairs the files themselves
+    rows = [
+        r
+        for s in sorted(tmp_path.glob("part-*.parquet"))
+        for r in pq.read_table(s).column("path").to_pylist()
+    ]
+    assert rows == ["/a.jpg"] and np.array_equal(load(tmp_path).vectors[0], vec(2))
+
+
+def test_other_model_or_mode_is_refused(tmp_path):
+    OutputStore(tmp_path, CARD, "fast").close()
+    other = ModelCard.load(card_path_for(MODELS / "tiny_b32_legacy_int8.onnx"))
+    with pytest.raises(ModelMismatch, match="tiny_b32_legacy"):
+        OutputStore(tmp_path, other, "fast")
+    with pytest.raises(ModelMismatch, match="mode exact"):
+        OutputStore(tmp_path, CARD, "exact")
+
+
+def test_leftover_temp_files_are_removed_and_foreign_folders_refused(tmp_path):
+    OutputStore(tmp_path / "o", CARD, "fast").close()
+    (tmp_path / "o" / ".part-000009.parquet.123.tmp").write_bytes(b"half a file")
+    OutputStore(tmp_path / "o", CARD, "fast")
+    assert not list((tmp_path / "o").glob(".*.tmp"))
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "part-000000.parquet").write_bytes(b"")
+    with pytest.raises(OutputError, match=r"no imgbeddings\.json"):
+        OutputStore(tmp_path / "f", CARD, "fast")
+    with pytest.raises(OutputError, match="not an imgbeddings output"):
+        load(tmp_path / "f")
+
+
+def test_npy_export_is_memory_mapped(tmp_path):
+    store = OutputStore(tmp_path, CARD, "fast")
+    for i in range(5):
+        store.add(f"/{i}.png", i, i, vec(i))
+    store.close(npy=True)
+    out = load(tmp_path)
+    assert isinstance(out.vectors, np.memmap) and out.paths == [f"/{i}.png" for i in range(5)]
+    assert np.array_equal(np.asarray(out.vectors), np.stack([vec(i) for i in range(5)]))
+    assert (tmp_path / "paths.txt").read_text().splitlines() == out.paths
