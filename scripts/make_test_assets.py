@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
-import subprocess
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +38,9 @@ from imgbeddings.export.samples import photo_like
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_original import get_embeddings_from_output, square_pad
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from original_package import load_original
 
 SEED = 20261129
 IMAGES = {  # name: (width, height, format)
@@ -200,48 +200,6 @@ def reference_pixels(paths: list[Path]) -> dict[str, np.ndarray]:
 
 
 # --- the original package ---------------------------------------------------------------------
-
-
-def load_original(workdir: Path):
-    """Import imgbeddings 0.1.0 from its sdist, offline (stand-ins for its two hub calls)."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-q",
-            "-d",
-            str(workdir),
-            "imgbeddings==0.1.0",
-        ],
-        check=True,
-    )
-    import tarfile
-
-    with tarfile.open(next(workdir.glob("imgbeddings-0.1.0.tar.gz"))) as tar:
-        tar.extractall(workdir, filter="data")
-    import huggingface_hub
-    import transformers
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    huggingface_hub.cached_download = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("offline"))
-
-    class LocalProcessor:  # what CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32") gives
-        def __init__(self):
-            self.feature_extractor = CLIPImageProcessorPil()
-
-        def __call__(self, images, return_tensors="np"):
-            return self.feature_extractor(images=images, return_tensors=return_tensors)
-
-    transformers.CLIPProcessor = types.SimpleNamespace(from_pretrained=lambda *a, **k: LocalProcessor())
-    sys.path.insert(0, str(workdir / "imgbeddings-0.1.0"))
-    for name in [m for m in sys.modules if m == "imgbeddings" or m.startswith("imgbeddings.")]:
-        del sys.modules[name]
-    module = importlib.import_module("imgbeddings.imgbeddings")
-    sys.path.pop(0)
-    return module.imgbeddings
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ def embed_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.")] = 32,
     workers: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="Decode worker processes (default: half the CPUs; 0 = decode in-process)."),
+        typer.Option(help="Decode worker processes (default: one per CPU; 0 = decode in-process)."),
     ] = None,
     threads: Annotated[
         Optional[int],  # noqa: UP045
@@ -235,18 +235,18 @@ def info_cmd(
     """Show a model's card, or an output folder's model, size and failures."""
     import json
 
-    from .io import MANIFEST, load
+    from .io import MANIFEST, summarize
 
     if target.is_dir() and (target / MANIFEST).is_file():
-        data = load(target)
-        m = data.manifest
+        info = summarize(target)
+        m = info["manifest"]
         typer.echo(f"output       {target}")
         typer.echo(
             f"model        {m.get('model')} (fingerprint {m.get('fingerprint')}, mode {m.get('mode')})"
         )
-        typer.echo(f"vectors      {len(data)} x {m.get('dim')} float32")
-        typer.echo(f"failures     {len(data.failures)}")
-        for f in data.failures[:10]:
+        typer.echo(f"vectors      {info['vectors']} x {m.get('dim')} float32 in {info['shards']} shard(s)")
+        typer.echo(f"failures     {len(info['failures'])}")
+        for f in info["failures"][:10]:
             typer.echo(f"  {f['path']}: {f['error']}: {f['message']}")
         return
     from .models.cards import ModelCard

@@ -104,6 +104,8 @@ class Embedder:
         normalize: L2-normalise the output vectors.
         batch_size: images per ONNX Runtime call.
         num_threads: ONNX Runtime intra-op threads (default: CPUs this process may use).
+        spin: let idle ONNX Runtime threads busy-wait (fastest alone; the streaming pipeline
+            turns it off so decode workers get the CPUs).
         decode_workers: threads decoding images (default: CPUs this process may use).
         gpu, provider: execution provider choice (``gpu=True`` = CUDA, CPU fallback with a warning).
         pca: a :class:`PCAModel`, a saved ``.npz`` path or a fitted sklearn PCA, applied to outputs.
@@ -121,6 +123,7 @@ class Embedder:
         normalize: bool = False,
         batch_size: int = 32,
         num_threads: int | None = None,
+        spin: bool = True,
         decode_workers: int | None = None,
         gpu: bool = False,
         provider: str | list[str] | None = None,
@@ -150,6 +153,7 @@ class Embedder:
             num_threads=num_threads,
             gpu=gpu,
             provider=provider,
+            spin=spin,
         )
         inputs, outputs = self.session.signature()
         final = given or infer_card(resolved.path, inputs, outputs)

@@ -341,6 +341,25 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise OutputError(f"{out_dir} is not an imgbeddings output folder (no {MANIFEST})") from exc
 
 
+def summarize(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Counts of an output folder without loading its vectors: manifest, shards, vectors,
+    failures (the rows of ``failures.parquet`` as dicts)."""
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    shards = sorted(out.glob(_SHARD_GLOB))
+    rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
+    failures_file = out / "failures.parquet"
+    failures = pq.read_table(failures_file).to_pylist() if failures_file.is_file() else []
+    return {
+        "manifest": manifest,
+        "shards": len(shards),
+        "vectors": rows - len(failures),
+        "failures": failures,
+    }
+
+
 def iter_load(out_dir: str | os.PathLike[str]) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream an output shard by shard: ``(paths, vectors)`` of the good rows of each shard,
     so outputs larger than memory can be processed. Rows superseded by a newer shard (a run

@@ -106,13 +106,13 @@ def embed_files(
     """
     started = time.perf_counter()
     plan = plan_threads(workers, threads)
-    embedder = (
-        model
-        if isinstance(model, Embedder)
-        else Embedder(
+    if isinstance(model, Embedder):
+        embedder = model
+    else:
+        embedder_options.setdefault("spin", plan.workers == 0)
+        embedder = Embedder(
             model, mode=mode, batch_size=batch_size, num_threads=plan.ort_threads, **embedder_options
         )
-    )
     store = OutputStore(output, embedder.card, embedder.mode, shard_size=shard_size)
     todo, skipped = plan_work(paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin)
     store.counts.skipped = skipped

@@ -98,15 +98,16 @@ class ThreadPlan:
 def plan_threads(
     workers: int | None = None, ort_threads: int | None = None, cpus: int | None = None
 ) -> ThreadPlan:
-    """Share the CPUs this process may use between decoding and inference, without
-    oversubscription: by default ONNX Runtime gets every CPU and ``ceil(cpus / 2)`` decode
-    workers run beside it (they mostly run while ONNX Runtime waits between batches, and its
-    threads do not spin: see :func:`imgbeddings.runtime.session_options`). Either number can
-    be given; ``workers=0`` decodes in a thread of this process instead.
+    """Share the CPUs this process may use between decoding and inference.
+
+    Default: ONNX Runtime gets every CPU, and as many decode worker processes run beside it;
+    ONNX Runtime's idle threads do not spin (``spin=False``), so whichever side has work gets
+    the CPUs and neither busy-waits. On 2 CPUs this measured fastest of the plans tried
+    (README, "Thread planning"). ``workers=0`` decodes in a thread of this process instead.
     """
     cpus = cpus or settings.available_cpus()
     if workers is None:
-        workers = max(1, math.ceil(cpus / 2))
+        workers = cpus
     if ort_threads is None:
         ort_threads = cpus
     return ThreadPlan(workers=max(0, workers), ort_threads=max(1, ort_threads), cpus=cpus)
@@ -362,11 +363,10 @@ def embed_stream(
     Bad inputs never stop the stream: they come back as failures in their batch.
     """
     plan = plan_threads(workers, embedder_options.pop("num_threads", None))
-    embedder = (
-        model
-        if isinstance(model, Embedder)
-        else Embedder(model, num_threads=plan.ort_threads, **embedder_options)
-    )
+    if not isinstance(model, Embedder):
+        embedder_options.setdefault("spin", plan.workers == 0)
+        model = Embedder(model, num_threads=plan.ort_threads, **embedder_options)
+    embedder = model
     size = batch_size or embedder.batch_size
     window = max(window or 3 * size, size)
     timings = timings if timings is not None else Timings()

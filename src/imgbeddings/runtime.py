@@ -56,10 +56,16 @@ def select_providers(gpu: bool = False, provider: str | Sequence[str] | None = N
     return chosen
 
 
-def session_options(num_threads: int | None = None) -> ort.SessionOptions:
+def session_options(num_threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
     """Session options: full graph optimisation, ``num_threads`` intra-op threads (default:
-    the CPUs this process may really use, cgroup quota included), one inter-op thread."""
+    the CPUs this process may really use, cgroup quota included), one inter-op thread.
+
+    ``spin=False`` stops idle ONNX Runtime threads from busy-waiting, which leaves the CPUs to
+    decode workers running beside it (the streaming pipeline does this).
+    """
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = num_threads or settings.available_cpus()
     opts.inter_op_num_threads = 1
@@ -78,12 +84,13 @@ class OnnxModel:
         num_threads: int | None = None,
         gpu: bool = False,
         provider: str | Sequence[str] | None = None,
+        spin: bool = True,
     ) -> None:
         self.path = Path(path)
         providers = select_providers(gpu, provider)
         try:
             self.session = ort.InferenceSession(
-                str(self.path), session_options(num_threads), providers=providers
+                str(self.path), session_options(num_threads, spin), providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
