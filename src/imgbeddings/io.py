@@ -295,23 +295,30 @@ class OutputStore:
             if (self.dir / shard_name).exists():
                 self._drop_rows(self.dir / shard_name, paths)
         self._superseded.clear()
-        result = load(self.dir, use_npy=False)
-        pa = _pa()
-        failures = pa.table({k: [f[k] for f in result.failures] for k in ("path", "error", "message")})
-        atomic_write_table(failures, self.dir / "failures.parquet")
+        latest = _latest_rows(self.dir)
+        failures = [{"path": p, "error": e, "message": m} for p, (_, e, m) in latest.items() if e is not None]
+        table = _pa().table({k: [f[k] for f in failures] for k in ("path", "error", "message")})
+        atomic_write_table(table, self.dir / "failures.parquet")
         if npy:
-            _write_npy(self.dir, result)
+            _write_npy(self.dir, sum(1 for _, e, _ in latest.values() if e is None), self.dim)
         return self.counts
 
 
-def _write_npy(out: Path, result: Embeddings) -> None:
-    tmp = out / ".embeddings.npy.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(result.vectors, dtype=np.float32))
-        os.fsync(fh.fileno())
+def _write_npy(out: Path, count: int, dim: int) -> None:
+    """Stream the good vectors, shard by shard, into ``embeddings.npy`` (+ ``paths.txt``)."""
+    tmp, tmp_paths = out / ".embeddings.npy.tmp", out / ".paths.txt.tmp"
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, dim))
+    row = 0
+    with open(tmp_paths, "w", encoding="utf-8") as listing:
+        for paths, vectors in iter_load(out):
+            matrix[row : row + len(paths)] = vectors
+            row += len(paths)
+            listing.write("".join(p + "\n" for p in paths))
+        listing.flush()
+        os.fsync(listing.fileno())
+    matrix.flush()
+    del matrix
     os.replace(tmp, out / "embeddings.npy")
-    tmp_paths = out / ".paths.txt.tmp"
-    tmp_paths.write_text("".join(p + "\n" for p in result.paths))
     os.replace(tmp_paths, out / "paths.txt")
     _fsync_dir(out)
 
@@ -339,6 +346,19 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise OutputError(f"{out_dir} is not an imgbeddings output folder (no {MANIFEST})") from exc
+
+
+def _latest_rows(out: Path) -> dict[str, tuple[int, str | None, str | None]]:
+    """For each path, the newest shard holding it (index into the sorted shards) and its error
+    and message (None for a success), reading only those small columns."""
+    import pyarrow.parquet as pq
+
+    latest: dict[str, tuple[int, str | None, str | None]] = {}
+    for i, shard in enumerate(sorted(out.glob(_SHARD_GLOB))):
+        table = pq.read_table(shard, columns=["path", "error", "message"])
+        for p, e, m in zip(*(table.column(c).to_pylist() for c in ("path", "error", "message")), strict=True):
+            latest[p] = (i, e, m)
+    return latest
 
 
 def summarize(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -370,10 +390,7 @@ def iter_load(out_dir: str | os.PathLike[str]) -> Iterator[tuple[list[str], np.n
     manifest = read_manifest(out_dir)
     dim = int(manifest["dim"])
     shards = sorted(Path(out_dir).glob(_SHARD_GLOB))
-    newest: dict[str, int] = {}
-    for i, shard in enumerate(shards):
-        for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist():
-            newest[p] = i
+    newest = {p: row[0] for p, row in _latest_rows(Path(out_dir)).items()}
     for i, shard in enumerate(shards):
         table = pq.read_table(shard, columns=["path", "embedding"], memory_map=True)
         table = table.filter(pc.is_valid(table.column("embedding")))
@@ -392,22 +409,16 @@ def load(out_dir: str | os.PathLike[str], *, use_npy: bool = True) -> Embeddings
     With ``embeddings.npy`` present and current (``--format npy``), the matrix is a read-only
     memory map of it (no copy into RAM); otherwise it is read from the Parquet shards.
     """
-    import pyarrow.parquet as pq
-
     out = Path(out_dir)
     manifest = read_manifest(out)
-    failures: list[dict[str, str]] = []
-    newest: dict[str, dict[str, str] | None] = {}
-    for shard in sorted(out.glob(_SHARD_GLOB)):
-        table = pq.read_table(shard, columns=["path", "error", "message"])
-        for p, e, m in zip(*(table.column(c).to_pylist() for c in ("path", "error", "message")), strict=True):
-            newest[p] = {"path": p, "error": e, "message": m} if e is not None else None
-    failures = [f for f in newest.values() if f is not None]
+    latest = _latest_rows(out)
+    failures = [{"path": p, "error": e, "message": m} for p, (_, e, m) in latest.items() if e is not None]
+    good = len(latest) - len(failures)
     npy, listed = out / "embeddings.npy", out / "paths.txt"
     if use_npy and npy.is_file() and listed.is_file():
         paths = listed.read_text().splitlines()
         vectors = np.load(npy, mmap_mode="r")
-        if len(paths) == vectors.shape[0] and len(paths) == sum(1 for f in newest.values() if f is None):
+        if len(paths) == vectors.shape[0] == good:
             return Embeddings(paths, vectors, failures, manifest)
     paths, parts = [], []
     for p, v in iter_load(out):
