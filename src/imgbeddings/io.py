@@ -134,7 +134,9 @@ class OutputStore:
         self.rows: dict[str, _Row] = {}
         self._superseded: dict[str, set[str]] = {}
         self._scan()
-        self._buffer: list[tuple[str, int, int, np.ndarray | None, str | None, str | None]] = []
+        # queued rows: (path, size, mtime_ns, ok, error, message); vectors in a preallocated block
+        self._buffer: list[tuple[str, int, int, bool, str | None, str | None]] = []
+        self._vectors: np.ndarray | None = None
         self.counts = RunCounts()
 
     # --- manifest and scan -----------------------------------------------------------------
@@ -225,53 +227,45 @@ class OutputStore:
         error: str | None = None,
         message: str | None = None,
     ) -> None:
-        """Queue one row; a shard is written every ``shard_size`` rows."""
-        self._buffer.append(
-            (
-                path,
-                size if size is not None else -1,
-                mtime_ns if mtime_ns is not None else -1,
-                vector,
-                error,
-                message,
-            )
-        )
+        """Queue one row (the vector is copied); a shard is written every ``shard_size`` rows."""
+        if self._vectors is None:
+            self._vectors = np.zeros((self.shard_size, self.dim), dtype=np.float32)
+        n = len(self._buffer)
         if vector is None:
+            self._vectors[n] = 0.0
             self.counts.failed += 1
         else:
+            self._vectors[n] = vector
             self.counts.embedded += 1
+        self._buffer.append(
+            (path, _or_missing(size), _or_missing(mtime_ns), vector is not None, error, message)
+        )
         if len(self._buffer) >= self.shard_size:
             self.flush()
 
     def flush(self) -> Path | None:
         """Write the queued rows as a new shard (atomically); returns its path."""
-        if not self._buffer:
+        if not self._buffer or self._vectors is None:
             return None
         pa = _pa()
         n = len(self._buffer)
-        flat = np.zeros((n, self.dim), dtype=np.float32)
-        valid = np.zeros(n, dtype=bool)
-        for i, row in enumerate(self._buffer):
-            if row[3] is not None:
-                flat[i] = row[3]
-                valid[i] = True
+        paths, sizes, mtimes, valid, errors, messages = (list(c) for c in zip(*self._buffer, strict=True))
         embedding = pa.FixedSizeListArray.from_arrays(
-            pa.array(flat.reshape(-1)), self.dim, mask=pa.array(~valid)
+            pa.array(self._vectors[:n].reshape(-1)), self.dim, mask=pa.array([not v for v in valid])
         )
         metadata = {
             "imgbeddings.fingerprint": self.fingerprint,
             "imgbeddings.mode": self.mode,
             "imgbeddings.model": self.card.name,
         }
-        columns = list(zip(*self._buffer, strict=True))
         table = pa.table(
             [
-                pa.array(columns[0], pa.string()),
-                pa.array(columns[1], pa.int64()),
-                pa.array(columns[2], pa.int64()),
+                pa.array(paths, pa.string()),
+                pa.array(sizes, pa.int64()),
+                pa.array(mtimes, pa.int64()),
                 embedding,
-                pa.array(columns[4], pa.string()),
-                pa.array(columns[5], pa.string()),
+                pa.array(errors, pa.string()),
+                pa.array(messages, pa.string()),
             ],
             schema=_schema(self.dim, metadata),
         )
@@ -279,11 +273,11 @@ class OutputStore:
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         shard = self.dir / f"part-{number:06d}.parquet"
         atomic_write_table(table, shard)
-        for path, size, mtime, vector, _, _ in self._buffer:
+        for path, size, mtime, ok, _, _ in self._buffer:
             old = self.rows.get(path)
             if old is not None:
                 self._superseded.setdefault(old.shard, set()).add(path)
-            self.rows[path] = _Row(shard.name, size, mtime, vector is None)
+            self.rows[path] = _Row(shard.name, size, mtime, not ok)
         self._buffer.clear()
         self.counts.shards_written += 1
         return shard
