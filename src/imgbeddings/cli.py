@@ -165,7 +165,8 @@ def embed_cmd(
         if skipped:
             err_console.print(f"{skipped} file(s) already in {output}: skipped", highlight=False)
         state["t0"] = time.perf_counter()
-        state["task"] = bar.add_task("embed", total=total, rate="-", failed=0)
+        if total:
+            state["task"] = bar.add_task("embed", total=total, rate="-", failed=0)
 
     def on_batch(done: int, failed: int) -> None:
         state["failed"] += failed
