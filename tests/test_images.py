@@ -290,3 +290,22 @@ def test_pixel_limit_is_configurable():
     with pytest.raises(ImageTooLarge, match="over the limit of 5,000"):
         load_image(Image.new("RGB", (100, 100)), max_pixels=5000)
     assert load_image(Image.new("RGB", (100, 100)), max_pixels=None).size == (100, 100)
+
+
+def test_unreadable_file_is_reported(tmp_path, monkeypatch, image_paths):
+    """Permission errors (simulated: the tests run as root, who may read anything)."""
+    import builtins
+
+    target = tmp_path / "secret.jpg"
+    target.write_bytes(image_paths[0].read_bytes())
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if str(file) == str(target):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    with pytest.raises(ImageDecodeError, match="permission denied") as err:
+        load_image(target, index=4)
+    assert err.value.index == 4 and str(target) in str(err.value)
