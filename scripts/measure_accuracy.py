@@ -15,15 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from imgbeddings import Embedder, imgbeddings
+from imgbeddings.export.verify import cosines as cosine
 from imgbeddings.images.preprocess import Preprocessor
 from imgbeddings.models.cards import PreprocessSpec
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def main() -> None:

@@ -116,6 +116,21 @@ def plan_threads(
 # --- worker process ----------------------------------------------------------------------------
 
 
+def _decode(pre: Preprocessor, index: int, item: Any) -> tuple:
+    """Decode one item to its uint8 (S, S, 3) geometry: ``("ok", index, array, decode_s,
+    geometry_s)`` or ``("err", index, error class, source, message)``. Never raises."""
+    t0 = time.perf_counter()
+    try:
+        img = pre.load(item, index)
+        t1 = time.perf_counter()
+        arr = np.asarray(pre.geometry(img), dtype=np.uint8)
+        return ("ok", index, arr, t1 - t0, time.perf_counter() - t1)
+    except InputError as exc:
+        return ("err", index, type(exc).__name__, exc.source, exc.reason)
+    except Exception as exc:  # a bug or an unexpected decoder error: report it, keep going
+        return ("err", index, type(exc).__name__, describe(item), f"{type(exc).__name__}: {exc}")
+
+
 def _worker_main(conn: Connection, spec: PreprocessSpec, mode: str, max_pixels: int | None) -> None:
     """Decode loop of one worker process: receive (index, item), send back uint8 (S, S, 3)."""
     import signal
@@ -131,16 +146,7 @@ def _worker_main(conn: Connection, spec: PreprocessSpec, mode: str, max_pixels: 
         if msg is None:
             return
         index, item = msg
-        t0 = time.perf_counter()
-        try:
-            img = pre.load(item, index)
-            t1 = time.perf_counter()
-            arr = np.asarray(pre.geometry(img), dtype=np.uint8)
-            conn.send(("ok", index, arr, t1 - t0, time.perf_counter() - t1))
-        except InputError as exc:
-            conn.send(("err", index, type(exc).__name__, exc.source, exc.reason))
-        except Exception as exc:  # a bug or an unexpected decoder error: report, keep going
-            conn.send(("err", index, type(exc).__name__, describe(item), f"{type(exc).__name__}: {exc}"))
+        conn.send(_decode(pre, index, item))
 
 
 def _picklable(item: Any) -> bool:
@@ -244,20 +250,6 @@ class _Dispatcher(threading.Thread):
             self.slots.release()
             return None
 
-    def _decode_here(self, index: int, item: Any) -> None:
-        t0 = time.perf_counter()
-        try:
-            img = self.pre.load(item, index)
-            t1 = time.perf_counter()
-            arr = np.asarray(self.pre.geometry(img), dtype=np.uint8)
-            self.timings.decode += t1 - t0
-            self.timings.geometry += time.perf_counter() - t1
-            self.out.put((index, item, True, arr))
-        except InputError as exc:
-            self.out.put((index, item, False, Failure.from_error(exc)))
-        except Exception as exc:
-            self._emit_failure(index, item, type(exc).__name__, f"{type(exc).__name__}: {exc}")
-
     def _dispatch(self) -> int:
         """Hand out items while some worker has room; returns the highest index + 1 seen."""
         top = 0
@@ -271,7 +263,7 @@ class _Dispatcher(threading.Thread):
             index, item = nxt
             top = max(top, index + 1)
             if target is None or not _picklable(item):
-                self._decode_here(index, item)  # no workers, or an in-memory object
+                self._result(item, _decode(self.pre, index, item))  # no workers, or an in-memory object
                 continue
             if not target.queue:
                 target.busy_since = time.monotonic()
@@ -325,7 +317,12 @@ class _Dispatcher(threading.Thread):
             return
         _, item = w.queue.popleft()
         w.busy_since = time.monotonic()
-        if kind == "ok":
+        self._result(item, msg)
+
+    def _result(self, item: Any, msg: tuple) -> None:
+        """Pass a decode result (see :func:`_decode`) on to the consuming thread."""
+        index = msg[1]
+        if msg[0] == "ok":
             _, _, arr, t_decode, t_geom = msg
             self.timings.decode += t_decode
             self.timings.geometry += t_geom
