@@ -20,7 +20,6 @@ Layout of one run::
 
 from __future__ import annotations
 
-import itertools
 import math
 import multiprocessing as mp
 import os
@@ -227,14 +226,11 @@ class _Dispatcher(threading.Thread):
             raise ImgbeddingsError(f"a decode worker failed to start ({reason}); try --workers 0")
         if w.queue:
             index, item = w.queue.popleft()
-            self._emit_failure(index, item, "WorkerCrashed", reason)
+            self.out.put((index, item, False, Failure(index, describe(item), "WorkerCrashed", reason)))
         self.retry.extendleft(reversed(w.queue))
         self._stop_worker(w, kill=True)
         self.workers[self.workers.index(w)] = self._start_worker()
         self.timings.worker_restarts += 1
-
-    def _emit_failure(self, index: int, item: Any, error: str, message: str) -> None:
-        self.out.put((index, item, False, Failure(index, describe(item), error, message)))
 
     # -- main loop --
     def _next_item(self, block: bool) -> tuple[int, Any] | None:
@@ -418,8 +414,7 @@ def _run_batch(
     t0 = time.perf_counter()
     pixels = np.empty((int(ok.sum()), 3, size, size), dtype=np.float32)
     for slot, (_, _, arr) in enumerate(e for e in entries if e[1]):
-        for c in range(3):
-            np.take(lut[c], arr[:, :, c], out=pixels[slot, c])
+        ops.to_chw_float(arr, lut, pixels[slot])
     t1 = time.perf_counter()
     vectors = np.full((count, embedder.dim), np.nan, dtype=np.float32)
     if len(pixels):
@@ -428,8 +423,3 @@ def _run_batch(
     timings.inference += time.perf_counter() - t1
     failures = [e[2] for e in entries if not e[1]]
     return Batch(start, [e[0] for e in entries], vectors, ok, failures)
-
-
-def take(iterable: Iterable[Any], n: int) -> list[Any]:
-    """The first ``n`` items of an iterable (a small helper for notebooks)."""
-    return list(itertools.islice(iterable, n))

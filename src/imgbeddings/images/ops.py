@@ -108,8 +108,9 @@ def normalize_lut(
     return lut
 
 
-def to_chw_float(img: Image.Image, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """An RGB image as a normalised float32 (3, H, W) array, by table lookup.
+def to_chw_float(img: Image.Image | np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """An RGB image (PIL, or uint8 H x W x 3 array) as a normalised float32 (3, H, W) array,
+    by table lookup.
 
     ``out``, if given, is filled in place (e.g. one slot of a preallocated batch).
     """
