@@ -49,7 +49,7 @@ def test_reference_vectors_are_discriminative():
 
 def test_card_drives_output_kind(legacy_fp32):
     proj = Embedder(MODELS / "tiny_b32_proj.onnx")
-    assert proj.card.output.kind == "projection" and proj.session.output_name == "image_embeds"
+    assert proj.card.output.kind == "projection" and proj.onnx.output_name == "image_embeds"
     assert proj.card.preprocess.resize_mode == "crop"
     assert legacy_fp32.card.output.kind == "legacy" and legacy_fp32.dim == 32
 
@@ -194,7 +194,7 @@ def test_gpu_falls_back_to_cpu_with_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         emb = Embedder(MODELS / "tiny_b32_legacy.onnx", gpu=True)
-    assert emb.session.providers == ["CPUExecutionProvider"]
+    assert emb.onnx.providers == ["CPUExecutionProvider"]
     assert any("CUDAExecutionProvider is not available" in str(w.message) for w in caught)
 
 
@@ -204,8 +204,8 @@ def test_unknown_provider_is_an_error():
 
 
 def test_threads_and_preprocess_overrides(image_paths):
-    emb = Embedder(MODELS / "tiny_b32_legacy.onnx", num_threads=1, preprocess={"pad_color": (255, 255, 255)})
-    assert emb.session.session.get_session_options().intra_op_num_threads == 1
+    emb = Embedder(MODELS / "tiny_b32_legacy.onnx", threads=1, preprocess={"pad_color": (255, 255, 255)})
+    assert emb.onnx.session.get_session_options().intra_op_num_threads == 1
     assert emb.card.preprocess.pad_color == (255, 255, 255)
     with pytest.raises(CardError, match="unknown preprocessing"):
         Embedder(MODELS / "tiny_b32_legacy.onnx", preprocess={"colour": 1})

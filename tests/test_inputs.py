@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from imgbeddings.inputs import expand, is_image_name, normalize_path
+from imgbeddings.inputs import expand, is_image_name, canonical_path
 
 
 def make_tree(root):
@@ -49,4 +49,4 @@ def test_lists_stdin_and_plain_paths(tmp_path):
 
 def test_helpers():
     assert is_image_name("X.JPEG") and is_image_name("a.avif") and not is_image_name("a.txt")
-    assert normalize_path("a/../b.jpg") == os.path.join(os.getcwd(), "b.jpg")
+    assert canonical_path("a/../b.jpg") == os.path.join(os.getcwd(), "b.jpg")

@@ -40,8 +40,8 @@ def test_same_vectors_in_input_order(emb, image_paths, workers):
 
 
 def test_plan_threads_shares_the_cpus():
-    assert plan_threads(cpus=2) == plan_threads(workers=2, ort_threads=2, cpus=2)
-    assert plan_threads(cpus=8).workers == 8 and plan_threads(workers=3, cpus=8).ort_threads == 8
+    assert plan_threads(cpus=2) == plan_threads(workers=2, threads=2, cpus=2)
+    assert plan_threads(cpus=8).workers == 8 and plan_threads(workers=3, cpus=8).threads == 8
     assert plan_threads(workers=0, cpus=4).workers == 0
 
 

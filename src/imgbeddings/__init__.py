@@ -24,8 +24,8 @@ _LAZY = {
     "embed_stream": "pipeline",
     "Batch": "pipeline",
     "embed_files": "job",
-    "load": "io",
-    "iter_load": "io",
+    "load": "store",
+    "iter_load": "store",
     "ModelCard": "models.cards",
     "list_models": "models.registry",
     "PCAModel": "pca",
@@ -57,7 +57,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .embedder import Embedder, EmbedResult, Failure  # noqa: F401
     from .errors import *  # noqa: F403
-    from .io import iter_load, load  # noqa: F401
+    from .store import iter_load, load  # noqa: F401
     from .job import embed_files  # noqa: F401
     from .legacy import imgbeddings  # noqa: F401
     from .models.cards import ModelCard  # noqa: F401

@@ -195,12 +195,12 @@ def embed_cmd(
     err_console.print(
         f"embedded {c.embedded}, skipped {c.skipped} (already done), failed {c.failed} "
         f"in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s; {result.workers} decode "
-        f"worker(s), {result.ort_threads} ONNX Runtime thread(s))",
+        f"worker(s), {result.threads} ONNX Runtime thread(s))",
         highlight=False,
     )
     err_console.print(
         f"[dim]time split: decode {t.decode:.1f} s, geometry {t.geometry:.1f} s (summed over workers), "
-        f"normalize {t.normalize:.1f} s, inference {t.inference:.1f} s[/]",
+        f"to tensor {t.tensor:.1f} s, inference {t.inference:.1f} s[/]",
         highlight=False,
     )
     for f in result.failures[:20]:
@@ -236,7 +236,7 @@ def info_cmd(
     """Show a model's card, or an output folder's model, size and failures."""
     import json
 
-    from .io import MANIFEST, summarize
+    from .store import MANIFEST, summarize
 
     if target.is_dir() and (target / MANIFEST).is_file():
         info = summarize(target)

@@ -103,7 +103,7 @@ class Embedder:
             JPEG decoding, resize before padding; see README for its measured deviation).
         normalize: L2-normalise the output vectors.
         batch_size: images per ONNX Runtime call.
-        num_threads: ONNX Runtime intra-op threads (default: CPUs this process may use).
+        threads: ONNX Runtime intra-op threads (default: CPUs this process may use).
         spin: let idle ONNX Runtime threads busy-wait (fastest alone; the streaming pipeline
             turns it off so decode workers get the CPUs).
         decode_workers: threads decoding images (default: CPUs this process may use).
@@ -122,7 +122,7 @@ class Embedder:
         mode: Mode = "exact",
         normalize: bool = False,
         batch_size: int = 32,
-        num_threads: int | None = None,
+        threads: int | None = None,
         spin: bool = True,
         decode_workers: int | None = None,
         gpu: bool = False,
@@ -147,18 +147,18 @@ class Embedder:
             )
         given = resolved.card
         self.model_path = resolved.path
-        self.session = OnnxModel(
+        self.onnx = OnnxModel(
             resolved.path,
             output_name=given.output.name if given else None,
-            num_threads=num_threads,
+            threads=threads,
             gpu=gpu,
             provider=provider,
             spin=spin,
         )
-        inputs, outputs = self.session.signature()
+        inputs, outputs = self.onnx.signature()
         final = given or infer_card(resolved.path, inputs, outputs)
         if given is None:
-            self.session.output_name = final.output.name
+            self.onnx.output_name = final.output.name
         if preprocess:
             final = final.with_preprocess(**preprocess)
         self._check_card(final, outputs)
@@ -187,7 +187,7 @@ class Embedder:
     def __repr__(self) -> str:
         return (
             f"Embedder({self.card.name!r}, kind={self.card.output.kind}, dim={self.dim}, mode={self.mode!r}, "
-            f"providers={self.session.providers})"
+            f"providers={self.onnx.providers})"
         )
 
     # --- core -------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class Embedder:
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Model outputs for a preprocessed batch, then PCA and normalisation as configured."""
-        vectors = self.session.run(pixels)
+        vectors = self.onnx.run(pixels)
         return self.postprocess(vectors)
 
     def postprocess(self, vectors: np.ndarray) -> np.ndarray:

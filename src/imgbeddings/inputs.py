@@ -70,7 +70,7 @@ def expand(paths: Iterable[str], *, recursive: bool = False, stdin: TextIO | Non
             yield raw
 
 
-def normalize_path(path: str) -> str:
+def canonical_path(path: str) -> str:
     """The form a path is stored in outputs: absolute, normalised, symlinks not resolved."""
     return os.path.normpath(os.path.abspath(path))
 
@@ -84,4 +84,4 @@ def file_stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-__all__ = ["IMAGE_EXTENSIONS", "expand", "file_stat", "is_image_name", "normalize_path", "walk_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "expand", "file_stat", "is_image_name", "canonical_path", "walk_folder"]

@@ -18,8 +18,8 @@ from typing import Any
 
 from . import errors
 from .embedder import Embedder, Failure
-from .inputs import expand, file_stat, normalize_path
-from .io import OutputStore, RunCounts
+from .inputs import expand, file_stat, canonical_path
+from .store import OutputStore, RunCounts
 from .models.registry import DEFAULT_MODEL
 from .pipeline import DEFAULT_ITEM_TIMEOUT, Timings, embed_stream, plan_threads
 
@@ -34,7 +34,7 @@ class JobResult:
     timings: Timings
     failures: list[Failure] = field(default_factory=list)
     workers: int = 0
-    ort_threads: int = 0
+    threads: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -54,7 +54,7 @@ def plan_work(
     seen: set[str] = set()
     skipped = 0
     for raw in expand(paths, recursive=recursive, stdin=stdin):
-        path = normalize_path(raw)
+        path = canonical_path(raw)
         if path in seen:
             continue
         seen.add(path)
@@ -88,7 +88,7 @@ def embed_files(
     on_batch: Callable[[int, int], None] | None = None,
     **embedder_options: Any,
 ) -> JobResult:
-    """Embed files into a resumable Parquet output folder (see :mod:`imgbeddings.io`).
+    """Embed files into a resumable Parquet output folder (see :mod:`imgbeddings.store`).
 
     Args:
         paths: files, folders, ``.txt`` lists of paths, or ``-`` for standard input.
@@ -111,7 +111,7 @@ def embed_files(
     else:
         embedder_options.setdefault("spin", plan.workers == 0)
         embedder = Embedder(
-            model, mode=mode, batch_size=batch_size, num_threads=plan.ort_threads, **embedder_options
+            model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options
         )
     store = OutputStore(output, embedder.card, embedder.mode, shard_size=shard_size)
     todo, skipped = plan_work(paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin)
@@ -151,5 +151,5 @@ def embed_files(
     finally:
         counts = store.close(npy=npy)
     return JobResult(
-        Path(output), counts, time.perf_counter() - started, timings, failures, plan.workers, plan.ort_threads
+        Path(output), counts, time.perf_counter() - started, timings, failures, plan.workers, plan.threads
     )

@@ -69,7 +69,7 @@ class imgbeddings:
     @property
     def session(self) -> Any:
         """The underlying ``onnxruntime.InferenceSession``."""
-        return self.embedder.session.session
+        return self.embedder.onnx.session
 
     def to_embeddings(self, inputs: Any, batch_size: int = 64, pca_transform: bool = True) -> np.ndarray:
         """Embed one image or a list of images (file names, PIL images, ...); float32 (N, D).
@@ -85,11 +85,11 @@ class imgbeddings:
 
     def process_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
         """Inputs -> ``{"pixel_values": float32 (N, 3, 224, 224)}``, as the original returned."""
-        return {self.embedder.session.input_name: self.embedder.preprocess(inputs)}
+        return {self.embedder.onnx.input_name: self.embedder.preprocess(inputs)}
 
     def create_embeddings(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Run the model on the output of :meth:`process_inputs`."""
-        return self.embedder.session.run(inputs[self.embedder.session.input_name])
+        return self.embedder.onnx.run(inputs[self.embedder.onnx.input_name])
 
     def to_pil(self, input: Any) -> Image.Image:
         """Decode one input (path, bytes, PIL image, array) to an RGB PIL image."""

@@ -75,7 +75,7 @@ class Timings:
 
     decode: float = 0.0
     geometry: float = 0.0
-    normalize: float = 0.0
+    tensor: float = 0.0
     inference: float = 0.0
     wall: float = 0.0
     items: int = 0
@@ -90,12 +90,12 @@ class ThreadPlan:
     """How the CPUs are shared: decode worker processes and ONNX Runtime intra-op threads."""
 
     workers: int
-    ort_threads: int
+    threads: int
     cpus: int
 
 
 def plan_threads(
-    workers: int | None = None, ort_threads: int | None = None, cpus: int | None = None
+    workers: int | None = None, threads: int | None = None, cpus: int | None = None
 ) -> ThreadPlan:
     """Share the CPUs this process may use between decoding and inference.
 
@@ -107,9 +107,9 @@ def plan_threads(
     cpus = cpus or settings.available_cpus()
     if workers is None:
         workers = cpus
-    if ort_threads is None:
-        ort_threads = cpus
-    return ThreadPlan(workers=max(0, workers), ort_threads=max(1, ort_threads), cpus=cpus)
+    if threads is None:
+        threads = cpus
+    return ThreadPlan(workers=max(0, workers), threads=max(1, threads), cpus=cpus)
 
 
 # --- worker process ----------------------------------------------------------------------------
@@ -355,10 +355,10 @@ def embed_stream(
 
     Bad inputs never stop the stream: they come back as failures in their batch.
     """
-    plan = plan_threads(workers, embedder_options.pop("num_threads", None))
+    plan = plan_threads(workers, embedder_options.pop("threads", None))
     if not isinstance(model, Embedder):
         embedder_options.setdefault("spin", plan.workers == 0)
-        model = Embedder(model, num_threads=plan.ort_threads, **embedder_options)
+        model = Embedder(model, threads=plan.threads, **embedder_options)
     embedder = model
     size = batch_size or embedder.batch_size
     window = max(window or 3 * size, size)
@@ -370,7 +370,7 @@ def embed_stream(
     )
     disp.per_worker = max(2, math.ceil(window / max(1, plan.workers)))
     started = time.perf_counter()
-    lut = ops.normalize_lut(
+    lut = ops.standardize_lut(
         embedder.card.preprocess.rescale, embedder.card.preprocess.mean, embedder.card.preprocess.std
     )
     pending: dict[int, tuple[Any, bool, Any]] = {}
@@ -419,7 +419,7 @@ def _run_batch(
     vectors = np.full((count, embedder.dim), np.nan, dtype=np.float32)
     if len(pixels):
         vectors[ok] = embedder.run(pixels)
-    timings.normalize += t1 - t0
+    timings.tensor += t1 - t0
     timings.inference += time.perf_counter() - t1
     failures = [e[2] for e in entries if not e[1]]
     return Batch(start, [e[0] for e in entries], vectors, ok, failures)

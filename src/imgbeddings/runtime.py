@@ -56,8 +56,8 @@ def select_providers(gpu: bool = False, provider: str | Sequence[str] | None = N
     return chosen
 
 
-def session_options(num_threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
-    """Session options: full graph optimisation, ``num_threads`` intra-op threads (default:
+def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """Session options: full graph optimisation, ``threads`` intra-op threads (default:
     the CPUs this process may really use, cgroup quota included), one inter-op thread.
 
     ``spin=False`` stops idle ONNX Runtime threads from busy-waiting, which leaves the CPUs to
@@ -67,7 +67,7 @@ def session_options(num_threads: int | None = None, spin: bool = True) -> ort.Se
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = num_threads or settings.available_cpus()
+    opts.intra_op_num_threads = threads or settings.available_cpus()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return opts
@@ -81,7 +81,7 @@ class OnnxModel:
         path: str | Path,
         *,
         output_name: str | None = None,
-        num_threads: int | None = None,
+        threads: int | None = None,
         gpu: bool = False,
         provider: str | Sequence[str] | None = None,
         spin: bool = True,
@@ -90,7 +90,7 @@ class OnnxModel:
         providers = select_providers(gpu, provider)
         try:
             self.session = ort.InferenceSession(
-                str(self.path), session_options(num_threads, spin), providers=providers
+                str(self.path), session_options(threads, spin), providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import AccuracyGateFailed, ExportError
 from ..images.preprocess import Preprocessor
 from ..models.cards import FileSpec, ModelCard, OutputSpec, PreprocessSpec, SourceSpec, card_path_for
-from . import models as tm
+from . import checkpoint as tm
 from .quantize import RECIPES, quantize
 from .samples import varied_images
 from .verify import agreement, run_onnx, run_torch

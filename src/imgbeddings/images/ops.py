@@ -96,7 +96,7 @@ def squash(img: Image.Image, size: int, resample: Image.Resampling = Image.Resam
 
 
 @lru_cache(maxsize=32)
-def normalize_lut(
+def standardize_lut(
     rescale: float, mean: tuple[float, float, float], std: tuple[float, float, float]
 ) -> np.ndarray:
     """A (3, 256) float32 table: ``(v * rescale - mean[c]) / std[c]`` for every byte value."""

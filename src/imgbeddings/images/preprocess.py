@@ -42,7 +42,7 @@ class Preprocessor:
         self.mode = mode
         self.max_pixels = max_pixels
         self._resample = ops.RESAMPLE[spec.interpolation]
-        self._lut = ops.normalize_lut(spec.rescale, spec.mean, spec.std)
+        self._lut = ops.standardize_lut(spec.rescale, spec.mean, spec.std)
 
     @property
     def size(self) -> int:

@@ -10,7 +10,7 @@ import pytest
 from conftest import MODELS
 from imgbeddings import load
 from imgbeddings.errors import ModelMismatch, OutputError
-from imgbeddings.io import OutputStore, iter_load
+from imgbeddings.store import OutputStore, iter_load
 from imgbeddings.models.cards import ModelCard, card_path_for
 
 CARD = ModelCard.load(card_path_for(MODELS / "tiny_b32_legacy.onnx"))
