@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from imgbeddings.inputs import expand, is_image_name, canonical_path
+from imgbeddings.inputs import canonical_path, expand, is_image_name
 
 
 def make_tree(root):

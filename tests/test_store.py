@@ -10,8 +10,8 @@ import pytest
 from conftest import MODELS
 from imgbeddings import load
 from imgbeddings.errors import ModelMismatch, OutputError
-from imgbeddings.store import OutputStore, iter_load
 from imgbeddings.models.cards import ModelCard, card_path_for
+from imgbeddings.store import OutputStore, iter_load
 
 CARD = ModelCard.load(card_path_for(MODELS / "tiny_b32_legacy.onnx"))
 

@@ -57,10 +57,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .embedder import Embedder, EmbedResult, Failure  # noqa: F401
     from .errors import *  # noqa: F403
-    from .store import iter_load, load  # noqa: F401
     from .job import embed_files  # noqa: F401
     from .legacy import imgbeddings  # noqa: F401
     from .models.cards import ModelCard  # noqa: F401
     from .models.registry import list_models  # noqa: F401
     from .pca import PCAModel, fit_pca  # noqa: F401
     from .pipeline import Batch, embed_stream  # noqa: F401
+    from .store import iter_load, load  # noqa: F401

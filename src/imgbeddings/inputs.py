@@ -84,4 +84,4 @@ def file_stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-__all__ = ["IMAGE_EXTENSIONS", "expand", "file_stat", "is_image_name", "canonical_path", "walk_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "canonical_path", "expand", "file_stat", "is_image_name", "walk_folder"]

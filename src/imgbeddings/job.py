@@ -18,10 +18,10 @@ from typing import Any
 
 from . import errors
 from .embedder import Embedder, Failure
-from .inputs import expand, file_stat, canonical_path
-from .store import OutputStore, RunCounts
+from .inputs import canonical_path, expand, file_stat
 from .models.registry import DEFAULT_MODEL
 from .pipeline import DEFAULT_ITEM_TIMEOUT, Timings, embed_stream, plan_threads
+from .store import OutputStore, RunCounts
 
 
 @dataclass
@@ -110,9 +110,7 @@ def embed_files(
         embedder = model
     else:
         embedder_options.setdefault("spin", plan.workers == 0)
-        embedder = Embedder(
-            model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options
-        )
+        embedder = Embedder(model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options)
     store = OutputStore(output, embedder.card, embedder.mode, shard_size=shard_size)
     todo, skipped = plan_work(paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin)
     store.counts.skipped = skipped
