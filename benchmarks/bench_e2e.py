@@ -108,12 +108,11 @@ def run_contender(name: str, model: Path, photos: Path) -> dict:
             raise SystemExit(proc.stderr)
         split = next((line for line in proc.stderr.splitlines() if "time split" in line), "")
         return {"seconds": seconds, "images": len(paths), "split": split.strip()}
-    from imgbeddings import Embedder
-    from imgbeddings.pipeline import embed_stream
+    from imgbeddings import Embedder, embed_stream
 
     if name == "ours-api-exact":
         t0 = time.perf_counter()
-        emb = Embedder(model, batch_size=BATCH)
+        emb = Embedder(model, mode="exact", batch_size=BATCH)
         vectors = emb.embed(paths)
         return {"seconds": time.perf_counter() - t0, "images": len(vectors)}
     if name == "ours-stream-fast":

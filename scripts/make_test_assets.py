@@ -154,16 +154,16 @@ def write_card(
         FileSpec,
         ModelCard,
         OutputSpec,
-        PreprocessSpec,
         SourceSpec,
         card_path_for,
+        original_format_preprocess,
     )
 
     card = ModelCard(
         name=onnx_path.stem,
         family="clip",
         architecture=arch,
-        preprocess=PreprocessSpec(resize_mode=resize_mode),
+        preprocess=original_format_preprocess(resize_mode=resize_mode),
         output=OutputSpec(
             dim=dim,
             kind=kind,

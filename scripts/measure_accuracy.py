@@ -17,7 +17,7 @@ import numpy as np
 from imgbeddings import Embedder, imgbeddings
 from imgbeddings.export.verify import cosines as cosine
 from imgbeddings.images.preprocess import Preprocessor
-from imgbeddings.models.cards import PreprocessSpec
+from imgbeddings.models.cards import PreprocessSpec, original_format_preprocess
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
@@ -39,8 +39,8 @@ def main() -> None:
 
     print("\nPixel tensors vs transformers (PIL backend), exact mode")
     specs = {
-        "pad": PreprocessSpec(),
-        "crop": PreprocessSpec(resize_mode="crop"),
+        "pad": original_format_preprocess(),
+        "crop": original_format_preprocess(resize_mode="crop"),
         "squash": PreprocessSpec(
             resize_mode="squash", mean=tuple(pixels["siglip_mean"]), std=tuple(pixels["siglip_std"])
         ),
@@ -50,8 +50,8 @@ def main() -> None:
         print(f"  {name:<8} max |diff| = {diff:.2e}")
 
     print("\nFast mode vs exact mode (per image)")
-    exact_px = Preprocessor(PreprocessSpec(), "exact").batch(paths)
-    fast_px = Preprocessor(PreprocessSpec(), "fast").batch(paths)
+    exact_px = Preprocessor(original_format_preprocess(), "exact").batch(paths)
+    fast_px = Preprocessor(original_format_preprocess(), "fast").batch(paths)
     tensor_mad = np.abs(exact_px - fast_px).reshape(len(paths), -1).mean(1)
     rows = {}
     for model in ("tiny_b32_legacy", "tiny_b32_proj"):

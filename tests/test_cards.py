@@ -9,8 +9,8 @@ import pytest
 from conftest import MODELS
 from imgbeddings import list_models
 from imgbeddings.errors import CardError
-from imgbeddings.models.cards import ModelCard, PreprocessSpec, card_path_for, infer_card
-from imgbeddings.models.registry import builtin_cards, resolve
+from imgbeddings.models.cards import ModelCard, card_path_for, infer_card, original_format_preprocess
+from imgbeddings.models.registry import builtin_cards, locate
 
 
 def test_builtin_models_match_the_original_release():
@@ -89,8 +89,8 @@ def test_missing_and_broken_card_files(tmp_path):
 
 def test_infer_card_for_original_layout():
     card = infer_card("m.onnx", [("pixel_values", ["batch", 3, 224, 224])], [("embeddings", ["batch", 1024])])
-    assert card.output.dim == 1024 and card.architecture == "ViT-L" and card.output.kind == "legacy"
-    assert card.preprocess == PreprocessSpec()
+    assert card.output.dim == 1024 and card.output.kind == "legacy"
+    assert card.preprocess == original_format_preprocess()
 
 
 @pytest.mark.parametrize(
@@ -108,10 +108,10 @@ def test_infer_card_refuses_ambiguity(inputs, outputs):
 
 
 def test_resolve_local_forms(tmp_path):
-    assert resolve(MODELS / "tiny_b32_proj.onnx").card.name == "tiny_b32_proj"
+    assert locate(MODELS / "tiny_b32_proj.onnx").card.name == "tiny_b32_proj"
     folder = tmp_path / "two"
     folder.mkdir()
     for name in ("a", "b"):
         (folder / f"{name}.card.json").write_text(json.dumps(builtin_cards()["patch32_v1"].to_dict()))
     with pytest.raises(CardError, match=r"pass the \.onnx file"):
-        resolve(folder)
+        locate(folder)

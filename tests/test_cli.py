@@ -90,7 +90,8 @@ def test_rerun_skips_and_embeds_only_new_or_changed_files(photos, tmp_path, caps
     args = ["embed", str(photos), "-o", str(out), "-m", MODEL, "--no-progress"]
     run(args, capsys)
     code, _, err = run(args, capsys)
-    assert code == 0 and "embedded 0, skipped 10 (already done), failed 0" in err  # 5 photos, 5 broken
+    assert code == 0 and "nothing to embed: 10 file(s) already done" in err  # 5 photos, 5 broken
+    assert "img/s" not in err and "time split" not in err
     (photos / "new.png").write_bytes(image_paths[6].read_bytes())
     changed = photos / image_paths[1].name
     changed.write_bytes(image_paths[7].read_bytes())
@@ -128,9 +129,12 @@ def test_lists_stdin_npy_and_mismatched_model(photos, tmp_path, capsys, monkeypa
     )
     assert code == 0 and len(load(out)) == 4
     code, _, err = run(["embed", str(listing), "-o", str(out), "-m", OTHER], capsys)
-    assert code == 8 and "holds vectors of model" in err
+    assert code == 8 and "model: the output has 'tiny_b32_legacy', this run 'tiny_b32_legacy_int8'" in err
     code, _, err = run(["embed", str(listing), "-o", str(out), "-m", MODEL, "--exact"], capsys)
-    assert code == 8 and "mode fast" in err
+    assert (
+        code == 8 and "preprocessing mode" in err and "the output has mode fast, this run mode exact" in err
+    )
+    assert "model:" not in err
 
 
 def test_models_and_info(tmp_path, capsys, image_paths):
@@ -142,6 +146,7 @@ def test_models_and_info(tmp_path, capsys, image_paths):
     run(["embed", str(image_paths[0]), str(tmp_path / "nope.jpg"), "-o", str(out), "-m", MODEL], capsys)
     code, stdout, _ = run(["info", str(out)], capsys)
     assert code == 0 and "1 x 32 float32" in stdout and "nope.jpg: ImageNotFound" in stdout
+    assert "made with    mode fast (fingerprint" in stdout
 
 
 def test_unknown_model_is_one_clear_line(tmp_path, capsys, image_paths):
@@ -202,3 +207,126 @@ def test_entry_point_help():
         [sys.executable, "-m", "imgbeddings", "embed", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "--output" in proc.stdout and "resum" in proc.stdout
+
+
+# --- usage errors, version, logs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["embed", "x.jpg", "-o", "out", "--bogus"],  # unknown option
+        ["embed", "x.jpg"],  # missing -o
+        ["embed", "x.jpg", "-o", "out", "--batch-size", "abc"],  # malformed value
+        ["embed", "x.jpg", "-o", "out", "--batch-size", "0"],  # out of range
+        ["embed", "x.jpg", "-o", "out", "--shard-size", "0"],
+        ["embed", "x.jpg", "-o", "out", "--format", "tiff"],
+        ["embed", "x.jpg", "-o", "out", "--pca", "no-such.npz"],
+        ["embd", "x.jpg"],  # unknown command
+        [],  # no arguments: the help, as a usage error
+    ],
+)
+def test_usage_errors_are_short_and_exit_2(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run(args, capsys)
+    assert code == 2, (stdout, err)
+    assert "Traceback" not in err + stdout and not (tmp_path / "out").exists()
+    if args:
+        assert len(err.strip().splitlines()) <= 8 and ("Usage:" in err or "Error" in err), err
+
+
+def test_usage_error_from_the_real_entry_point(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgbeddings", "embed", "x.jpg", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--bogus" in proc.stderr
+
+
+def test_version(capsys):
+    import imgbeddings
+
+    code, stdout, _ = run(["--version"], capsys)
+    assert code == 0 and stdout.strip() == f"imgbeddings {imgbeddings.__version__}"
+
+
+def test_options_that_cannot_fit_the_model_are_usage_errors(tmp_path, capsys, image_paths):
+    from imgbeddings import fit_pca
+
+    pca = fit_pca(np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32), 4)  # 16-d, model is 32-d
+    pca.save(tmp_path / "pca16.npz")
+    out = tmp_path / "o"
+    code, _, err = run(
+        ["embed", str(image_paths[0]), "-o", str(out), "-m", MODEL, "--pca", str(tmp_path / "pca16.npz")],
+        capsys,
+    )
+    assert code == 2 and "invalid option" in err and "16-d" in err and not out.exists()
+
+
+def test_logs_when_stderr_is_not_a_terminal(tmp_path, capsys, image_paths, monkeypatch):
+    """One unwrapped line per failure (whatever the width), and plain progress lines."""
+    from imgbeddings import cli
+
+    monkeypatch.setenv("COLUMNS", "60")
+    monkeypatch.setattr(cli, "PROGRESS_EVERY", 0.0)
+    folder = tmp_path / ("a-rather-long-folder-name-" * 4)
+    folder.mkdir()
+    for i, p in enumerate(image_paths):
+        (folder / f"{i}{p.suffix}").write_bytes(p.read_bytes())
+    (folder / "zz-broken-file-with-a-long-name.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    code, _, err = run(
+        ["embed", str(folder), "-o", str(tmp_path / "o"), "-m", MODEL, "--batch-size", "2"], capsys
+    )
+    assert code == 6
+    lines = err.splitlines()
+    bad = str(folder / "zz-broken-file-with-a-long-name.jpg")
+    assert f"failed {bad}: ImageDecodeError: " in err
+    assert any(line.startswith(f"failed {bad}: ImageDecodeError") for line in lines)  # one line, not wrapped
+    progress = [line for line in lines if line.startswith("progress ")]
+    assert progress and all("img/s, ETA" in line and "failed" in line for line in progress)
+    assert "━" not in err  # no progress bar drawn into a log
+
+
+def test_normalize_and_pca_options(tmp_path, capsys, image_paths):
+    from imgbeddings import fit_pca
+
+    raw = Embedder(MODEL).embed(image_paths)
+    pca = fit_pca(raw, 4)
+    pca.save(tmp_path / "pca.npz")
+    items = [str(p) for p in image_paths]
+    out = tmp_path / "o"
+    code, _, err = run(
+        ["embed", *items, "-o", str(out), "-m", MODEL, "--normalize", "--pca", str(tmp_path / "pca.npz")],
+        capsys,
+    )
+    assert code == 0, err
+    data = load(out)
+    expected = pca.transform(raw)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    by_path = dict(zip(data.paths, data.vectors, strict=True))
+    assert np.allclose(np.stack([by_path[p] for p in items]), expected, atol=1e-4)
+    assert data.manifest["dim"] == 4 and data.manifest["identity"]["normalize"] is True
+    code, _, err = run(
+        ["embed", *items, "-o", str(out), "-m", MODEL, "--pca", str(tmp_path / "pca.npz")], capsys
+    )
+    assert code == 8 and "L2 normalisation" in err and "PCA" not in err.split("(", 1)[1].split(";")[0]
+    code, _, err = run(["embed", *items, "-o", str(out), "-m", MODEL, "--normalize"], capsys)
+    assert code == 8 and "PCA (--pca, pca=): the output has PCA " in err and "this run no PCA" in err
+
+
+def test_offline_builtin_model_gives_cli_advice(tmp_path, capsys, image_paths):
+    code, _, err = run(["embed", str(image_paths[0]), "-o", str(tmp_path / "o"), "-m", "patch16_v1"], capsys)
+    assert code == 5 and "Traceback" not in err
+    assert "--model /path/to/patch16_v1.onnx" in err and "model_path=" not in err
+    assert "/minimaxir/imgbeddings/resolve/main/patch16_v1.onnx" in err and "patch32" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_shows_no_python_type_noise(capsys):
+    code, stdout, _ = run(["embed", "--help"], capsys)
+    assert code == 0 and "--normalize" in stdout and "--pca" in stdout
+    for noise in ("<bool>", "<list[str]>", "{paths}", "<path>"):
+        assert noise not in stdout

@@ -18,7 +18,7 @@ from imgbeddings.models.cards import ModelCard, card_path_for
 
 @pytest.fixture(scope="module")
 def legacy_fp32() -> Embedder:
-    return Embedder(MODELS / "tiny_b32_legacy.onnx")
+    return Embedder(MODELS / "tiny_b32_legacy.onnx", mode="exact")
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def legacy_fp32() -> Embedder:
 def test_matches_pytorch_reference(model, min_cos, image_paths):
     """fp32 ONNX through our whole pipeline vs transformers' PyTorch model + image processor."""
     ref = load_reference("vectors")[model]
-    emb = Embedder(MODELS / f"{model}.onnx")
+    emb = Embedder(MODELS / f"{model}.onnx", mode="exact")
     out = emb.embed(image_paths)
     assert out.shape == ref.shape and out.dtype == np.float32
     assert cosine(out, ref).min() >= min_cos
@@ -141,7 +141,7 @@ def test_all_inputs_bad(legacy_fp32, tmp_path):
 def test_bare_legacy_onnx_gets_inferred_card(tmp_path, image_paths, legacy_fp32):
     bare = tmp_path / "mymodel.onnx"
     shutil.copy(MODELS / "tiny_b32_legacy.onnx", bare)
-    emb = Embedder(bare)
+    emb = Embedder(bare, mode="exact")
     assert emb.card.output.kind == "legacy" and emb.card.output.dim == 32
     assert emb.card.preprocess == legacy_fp32.card.preprocess
     assert np.allclose(emb.embed(image_paths[:2]), legacy_fp32.embed(image_paths[:2]), atol=1e-6)
@@ -216,7 +216,7 @@ def test_pca_and_normalize_pipeline(image_paths, legacy_fp32):
 
     raw = legacy_fp32.embed(image_paths)
     pca = fit_pca(raw, 4)
-    emb = Embedder(MODELS / "tiny_b32_legacy.onnx", pca=pca, normalize=True)
+    emb = Embedder(MODELS / "tiny_b32_legacy.onnx", mode="exact", pca=pca, normalize=True)
     out = emb.embed(image_paths)
     expected = pca.transform(raw)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)

@@ -5,6 +5,7 @@ through the core runtime -> compare with the reference PyTorch model and image p
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -32,7 +33,7 @@ TINY_TEXT = dict(
 
 
 def quiet(**kw):
-    return {"log": lambda *a: None, "verify_images": 8, **kw}
+    return {"verify_images": 8, **kw}
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +105,16 @@ def test_clip_projection_matches_pytorch(clip_full, tmp_path):
     assert c.min() >= 0.99 and c.mean() >= result.report["int8_vs_fp32"]["mean_cosine"] - 0.01
 
 
-def test_clip_pooled_and_card_contents(clip_vision, tmp_path):
+def test_clip_pooled_and_card_contents(clip_vision, tmp_path, caplog, capsys):
     from transformers import CLIPVisionModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    result = export_model(clip_vision, tmp_path / "o", kind="pooled", quantize_recipe="none", **quiet())
+    with caplog.at_level(logging.INFO, logger="imgbeddings.export"):
+        result = export_model(clip_vision, tmp_path / "o", kind="pooled", quantize_recipe="none", **quiet())
+    progress = [r.getMessage() for r in caplog.records if r.name == "imgbeddings.export"]
+    assert progress[0].startswith(f"loading {clip_vision}") and progress[-1].startswith("done in")
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "imgbeddings.export")
+    assert capsys.readouterr().out == ""  # the library logs; only the CLI prints
     card = ModelCard.load(tmp_path / "o" / "model.card.json")
     assert card.file.sha256 == sha256_file(tmp_path / "o" / "model.onnx")
     assert card.output.name == "pooler_output" and card.output.dim == 32 and card.file.precision == "fp32"

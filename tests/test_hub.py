@@ -197,3 +197,130 @@ def test_errors_pickle(hub_stub):
         copy = pickle.loads(pickle.dumps(err))
         assert type(copy) is type(err) and str(copy) == str(err) and copy.__dict__ == err.__dict__
     assert raised[0].revision == "v1" and raised[1].expected == "0" * 64
+
+
+# --- what a ModelUnavailable says ------------------------------------------------------
+
+
+def test_offline_error_names_the_file_asked_for_and_its_url():
+    """Offline without a cache (conftest's default): the patch16 model's error is about patch16."""
+    from imgbeddings import imgbeddings
+
+    with pytest.raises(ModelUnavailable) as info:
+        imgbeddings(patch_size=16)
+    err = info.value
+    assert (err.repo_id, err.filename) == ("minimaxir/imgbeddings", "patch16_v1.onnx")
+    assert err.url == huggingface_hub.hf_hub_url(err.repo_id, err.filename, revision=err.revision)
+    assert err.url.endswith("/minimaxir/imgbeddings/resolve/main/patch16_v1.onnx")
+    assert "offline mode" in err.reason and "Unset HF_HUB_OFFLINE" in err.reason
+    message = str(err)
+    assert message.startswith(
+        "cannot get model file 'patch16_v1.onnx' from Hugging Face repo 'minimaxir/imgbeddings' "
+        f"(revision 'main'): {err.reason}. To use a local copy, download {err.url} and pass its path: "
+    )
+    assert 'Embedder("/path/to/patch16_v1.onnx")' in message
+    assert 'imgbeddings(model_path="/path/to/patch16_v1.onnx")' in message
+    assert "patch32" not in message
+
+
+def test_error_url_follows_the_endpoint_and_revision(hub_stub):
+    hub_stub.add_file(REPO, "model.onnx", DATA)
+    with pytest.raises(ModelUnavailable) as info:
+        hub.download_model_file(REPO, "sub dir/model.onnx", revision="v1")
+    err = info.value
+    assert err.url == f"{hub_stub.endpoint}/{REPO}/resolve/v1/sub%20dir/model.onnx"
+    assert 'Embedder("/path/to/model.onnx")' in str(err)  # the file's own name, without folders
+
+
+def test_unavailable_error_round_trips_through_pickle():
+    err = ModelUnavailable("the hub is unreachable. Check it", REPO, "model.onnx", "v2", "http://x/y")
+    copy = pickle.loads(pickle.dumps(err))
+    assert isinstance(copy, ConnectionError) and copy.args == err.args and str(copy) == str(err)
+    assert (copy.reason, copy.repo_id, copy.filename, copy.revision, copy.url) == (
+        "the hub is unreachable. Check it", REPO, "model.onnx", "v2", "http://x/y"
+    )  # fmt: skip
+
+
+# --- whole checkpoints (the exporter) ----------------------------------------------------
+
+CHECKPOINT = {
+    "config.json": b'{"model_type": "clip"}',
+    "preprocessor_config.json": b'{"size": 224}',
+    "model.safetensors": DATA,
+    "vocab.json": b"{}",
+    "sub/extra.safetensors": DATA[:100],
+}
+WANTED = ["config.json", "preprocessor_config.json", "*.safetensors"]
+
+
+def serve_checkpoint(stub) -> str:
+    commit = ""
+    for name, data in CHECKPOINT.items():
+        commit = stub.add_file(REPO, name, data, lfs=name.endswith(".safetensors"))
+    return commit
+
+
+def test_checkpoint_snapshot(hub_stub):
+    commit = serve_checkpoint(hub_stub)
+    folder = hub.download_checkpoint(REPO, allow_patterns=WANTED)
+    assert folder.name == commit and folder.is_relative_to(os.environ["IMGBEDDINGS_CACHE"])
+    got = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert got == ["config.json", "model.safetensors", "preprocessor_config.json", "sub/extra.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == DATA
+    assert ("GET", f"/api/models/{REPO}/revision/main") in hub_stub.requests
+    assert hub_stub.requests_for("vocab.json") == []
+    assert all("imgbeddings/" in h.get("user-agent", "") for h in hub_stub.request_headers)
+
+
+def test_checkpoint_offline_with_cache_makes_no_request(hub_stub, monkeypatch):
+    serve_checkpoint(hub_stub)
+    first = hub.download_checkpoint(REPO, allow_patterns=WANTED)
+    seen = len(hub_stub.requests)
+    hub_stub.stop()
+    assert hub.download_checkpoint(REPO, allow_patterns=WANTED, offline=True) == first
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read when called
+    assert hub.download_checkpoint(REPO, allow_patterns=WANTED) == first
+    assert hub.download_checkpoint(REPO, revision=first.name, allow_patterns=WANTED) == first
+    with pytest.raises(ModelUnavailable, match="cached copy of the checkpoint is incomplete"):
+        hub.download_checkpoint(REPO)  # vocab.json was never fetched
+    assert len(hub_stub.requests) == seen
+
+
+def test_checkpoint_offline_without_cache(hub_stub):
+    serve_checkpoint(hub_stub)
+    with pytest.raises(ModelUnavailable, match="offline mode") as info:
+        hub.download_checkpoint(REPO, allow_patterns=WANTED, offline=True)
+    err = info.value
+    assert (err.repo_id, err.filename, err.revision) == (REPO, "", "main")
+    assert "the checkpoint is not in the cache" in err.reason
+    assert err.url == f"{hub_stub.endpoint}/{REPO}/tree/main" and err.url in str(err)
+    assert "pass the folder's path" in str(err)
+    assert hub_stub.requests == []
+
+
+def test_checkpoint_from_an_unreachable_hub(hub_stub):
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="unreachable") as info:
+        hub.download_checkpoint(REPO, endpoint=closed_endpoint())
+    assert time.monotonic() - start < 10 and info.value.__cause__ is not None
+    assert "HF_ENDPOINT" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "revision", "reason"),
+    [("nobody/unknown", "main", "repository not found"), (REPO, "v9", "revision not found")],
+)
+def test_checkpoint_not_found(hub_stub, repo_id, revision, reason):
+    serve_checkpoint(hub_stub)
+    with pytest.raises(ModelUnavailable, match=reason) as info:
+        hub.download_checkpoint(repo_id, revision=revision)
+    assert info.value.url.endswith(f"/{repo_id}/tree/{revision}")
+
+
+def test_checkpoint_files_are_verified(hub_stub):
+    serve_checkpoint(hub_stub)
+    folder = hub.download_checkpoint(REPO, allow_patterns=WANTED)
+    tamper(folder / "sub" / "extra.safetensors", b"\x00" * 100)
+    with pytest.raises(ModelCorrupted) as info:
+        hub.download_checkpoint(REPO, allow_patterns=WANTED, offline=True)
+    assert info.value.path == str(folder / "sub" / "extra.safetensors")

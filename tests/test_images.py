@@ -13,17 +13,19 @@ from PIL import Image, ImageOps
 from conftest import load_reference
 from imgbeddings.errors import ImageDecodeError, ImageNotFound, ImageTooLarge, InputError
 from imgbeddings.images import ops
-from imgbeddings.images.decode import load_image, to_rgb
+from imgbeddings.images.decode import DEFAULT_MAX_PIXELS, load_image, to_rgb
 from imgbeddings.images.preprocess import Preprocessor
-from imgbeddings.models.cards import PreprocessSpec
+from imgbeddings.models.cards import PreprocessSpec, original_format_preprocess
 
-PAD = PreprocessSpec()
-CROP = PreprocessSpec(resize_mode="crop")
+PAD = original_format_preprocess()
+CROP = original_format_preprocess(resize_mode="crop")
 
 
 def siglip_spec() -> PreprocessSpec:
     ref = load_reference("pixels")
-    return PreprocessSpec(resize_mode="squash", mean=tuple(ref["siglip_mean"]), std=tuple(ref["siglip_std"]))
+    return original_format_preprocess(
+        resize_mode="squash", mean=tuple(ref["siglip_mean"]), std=tuple(ref["siglip_std"])
+    )
 
 
 # --- exactness against the reference ---------------------------------------------------------
@@ -277,13 +279,64 @@ def _png_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # none escapes
 @pytest.mark.parametrize("side", [12_000, 40_000])  # under and over Pillow's own hard limit
 def test_decompression_bomb_refused_before_decoding(side):
     data = _png_claiming(side, side)
     assert len(data) < 200
     with pytest.raises(ImageTooLarge, match="decompression bomb"):
         load_image(data, max_pixels=100_000_000)
+
+
+def _png_one_colour(width: int, height: int) -> bytes:
+    """A real, fully decodable greyscale PNG of one colour: ~90 KB for 95 MP."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = zlib.compress(b"\x00" * ((width + 1) * height), 6)  # filter byte 0 + black pixels
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_no_pillow_bomb_warning_for_images_under_our_limit():
+    """10000 x 9500 = 95 MP: over Pillow's warning threshold (~89 MP), under our default limit
+    (~179 MP). Pillow's raw warning must not reach the caller, and its filters stay as they were."""
+    import warnings
+
+    data = _png_one_colour(10_000, 9_500)
+    assert Image.MAX_IMAGE_PIXELS < 10_000 * 9_500 <= DEFAULT_MAX_PIXELS
+    with pytest.warns(Image.DecompressionBombWarning):  # what Pillow alone does
+        Image.open(io.BytesIO(data))
+    filters = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = load_image(data)
+    assert img.size == (10_000, 9_500) and img.mode == "RGB" and img.getpixel((5_000, 4_000)) == (0, 0, 0)
+    del img
+    assert warnings.filters == filters
+    with warnings.catch_warnings():  # over our own limit: our error, still no Pillow warning
+        warnings.simplefilter("error")
+        with pytest.raises(ImageTooLarge, match="over the limit"):
+            load_image(data, max_pixels=90_000_000)
+    # max_pixels=None: no limit of ours, so Pillow's own warning is left to reach the caller
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageDecodeError):
+        load_image(_png_claiming(10_000, 9_500), max_pixels=None)
+
+
+def test_bomb_warning_filter_is_not_left_behind_by_decode_threads(image_paths):
+    """Many threads decoding at once must leave the process's warning filters unchanged."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    filters = list(warnings.filters)
+    data = [p.read_bytes() for p in image_paths] * 8
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda d: load_image(d).size, data))
+    assert len(sizes) == len(data)
+    assert warnings.filters == filters
 
 
 def test_pixel_limit_is_configurable():

@@ -44,6 +44,16 @@ def test_documented_call_forms(image_paths):
     assert ibed.session.get_inputs()[0].name == "pixel_values"
 
 
+def test_repr_is_short(tmp_path, vectors):
+    path = str(MODELS / "tiny_b32_legacy.onnx")
+    ibed = imgbeddings(model_path=path)
+    assert repr(ibed) == f"imgbeddings(model_path={path!r}, patch_size=32, dim=32, pca=None)"
+    ibed.pca_fit(vectors, out_dim=8, save_path=None)
+    text = repr(ibed)
+    assert text.endswith(f"dim=32, pca={ibed.pca!r})") and "PCAModel(in_dim=32, out_dim=8" in text
+    assert len(text) < 200 and "array" not in text
+
+
 def test_patch_size_validation():
     with pytest.raises(ValueError, match="patch_size"):
         imgbeddings(patch_size=8)

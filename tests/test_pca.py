@@ -60,3 +60,12 @@ def test_errors(data, tmp_path):
         PCAModel.load(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError):
         PCAModel.load(tmp_path / "none.npz")
+
+
+def test_repr_is_short(data):
+    pca = fit_pca(data, 6)
+    text = repr(pca)
+    explained = pca.total_explained_variance
+    assert text == f"PCAModel(in_dim=24, out_dim=6, whiten=False, explained={explained:.2f})"
+    bare = PCAModel(mean=np.zeros(768, np.float32), components=np.zeros((128, 768), np.float32), whiten=True)
+    assert repr(bare) == "PCAModel(in_dim=768, out_dim=128, whiten=True, explained=None)"

@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import MODELS
 from imgbeddings import Embedder
-from imgbeddings.pipeline import Timings, embed_stream, plan_threads
+from imgbeddings.job import embed_stream
+from imgbeddings.pipeline import Timings, plan_threads
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_crashed_worker_is_replaced_and_its_file_reported(emb, image_paths, tmp_
     import crashy_worker
     from imgbeddings import pipeline
 
-    monkeypatch.setattr(pipeline._Dispatcher, "worker_target", staticmethod(crashy_worker.worker_main))
+    monkeypatch.setattr(pipeline._ProcessFeeder, "worker_target", staticmethod(crashy_worker.worker_main))
     crash = tmp_path / "CRASH.jpg"
     crash.write_bytes(image_paths[0].read_bytes())
     items = [str(p) for p in image_paths] + [str(crash)] + [str(p) for p in image_paths]
@@ -121,7 +122,7 @@ def test_hung_worker_is_stopped_after_the_timeout(emb, image_paths, tmp_path, mo
     import crashy_worker
     from imgbeddings import pipeline
 
-    monkeypatch.setattr(pipeline._Dispatcher, "worker_target", staticmethod(crashy_worker.worker_main))
+    monkeypatch.setattr(pipeline._ProcessFeeder, "worker_target", staticmethod(crashy_worker.worker_main))
     hang = tmp_path / "HANG.png"
     hang.write_bytes(image_paths[2].read_bytes())
     items = [str(image_paths[0]), str(hang), str(image_paths[1])]

@@ -1,9 +1,10 @@
 """imgbeddings: image embeddings from CLIP-family vision models on ONNX Runtime.
 
 Public names: :class:`imgbeddings` (the original 0.1.0 API), :class:`Embedder` (the modern
-API), :func:`embed_stream` and :func:`embed_files` (large collections), :func:`load` (read an
-output folder), :class:`ModelCard`, :func:`list_models`, :class:`PCAModel`, :func:`fit_pca`,
-and the error classes of :mod:`imgbeddings.errors`.
+API), :func:`embed_stream` and :func:`embed_files` (large collections), :class:`Batch` (what
+they return), :func:`load` (read an output folder), :class:`ModelCard`, :func:`list_models`,
+:class:`PCAModel`, :func:`fit_pca`, :class:`Failure` and the error classes of
+:mod:`imgbeddings.errors`.
 
 Names are imported on first use, so ``import imgbeddings`` (and each decode worker process)
 stays cheap: ONNX Runtime loads only when a model does.
@@ -19,9 +20,7 @@ __version__ = "0.2.0.dev0"
 _LAZY = {
     "imgbeddings": "legacy",
     "Embedder": "embedder",
-    "EmbedResult": "embedder",
-    "Failure": "embedder",
-    "embed_stream": "pipeline",
+    "embed_stream": "job",
     "Batch": "pipeline",
     "embed_files": "job",
     "load": "store",
@@ -33,8 +32,8 @@ _LAZY = {
 }
 _ERRORS = (
     "AccuracyGateFailed CardError ExportError ImageDecodeError ImageNotFound ImageTooLarge "
-    "ImgbeddingsError InputError ModelCorrupted ModelError ModelMismatch ModelNotFound "
-    "ModelUnavailable OutputError ProviderError UnsupportedArchitecture"
+    "Failure ImgbeddingsError InputError ModelCorrupted ModelError ModelMismatch ModelNotFound "
+    "ModelUnavailable OptionError OutputError ProviderError UnsupportedArchitecture WorkerCrashed"
 ).split()
 _LAZY.update(dict.fromkeys(_ERRORS, "errors"))
 
@@ -55,12 +54,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .embedder import Embedder, EmbedResult, Failure  # noqa: F401
+    from .embedder import Embedder  # noqa: F401
     from .errors import *  # noqa: F403
-    from .job import embed_files  # noqa: F401
+    from .job import embed_files, embed_stream  # noqa: F401
     from .legacy import imgbeddings  # noqa: F401
     from .models.cards import ModelCard  # noqa: F401
     from .models.registry import list_models  # noqa: F401
     from .pca import PCAModel, fit_pca  # noqa: F401
-    from .pipeline import Batch, embed_stream  # noqa: F401
+    from .pipeline import Batch  # noqa: F401
     from .store import iter_load, load  # noqa: F401
+
+
+# The original's module path ``imgbeddings.imgbeddings`` is a submodule named like the class.
+# Importing a submodule binds it as a package attribute, which would shadow the lazy class for
+# every later ``from imgbeddings import imgbeddings``. So import it now (it is tiny and loads
+# nothing), then drop that binding: later imports of it find it in sys.modules and do not
+# bind it again, and the name goes back to ``__getattr__`` (the class, as in the original).
+importlib.import_module(".imgbeddings", __name__)
+globals().pop("imgbeddings", None)

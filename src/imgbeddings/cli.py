@@ -1,20 +1,29 @@
 """The ``imgbeddings`` command line (Typer). The only module that prints or exits.
 
-Errors are mapped to one line on stderr and an exit code (tracebacks only with
-``IMGBEDDINGS_DEBUG=1``); results go to stdout, progress and messages to stderr.
+- Results go to stdout (an output path, a card as JSON, a model list); everything else to stderr.
+- Usage errors (unknown option or command, missing or malformed value) print Typer's short
+  message and exit 2, whatever Typer version (Typer runs in standalone mode and handles them).
+- imgbeddings errors print one line and exit with the code of their class (``EXIT_CODES``);
+  ``IMGBEDDINGS_DEBUG=1`` shows the traceback instead. Warnings print as one ``warning:`` line.
+- ``embed`` logs each failed input on one line as it happens. On a terminal it shows a progress
+  bar; when stderr is not a terminal (a log file, CI) it prints a plain progress line every
+  ``PROGRESS_EVERY`` seconds instead. Lines are never wrapped (README, "Logs").
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
-from . import errors, settings
+from . import __version__, errors, settings
 
 app = typer.Typer(
     name="imgbeddings",
@@ -24,98 +33,234 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-err_console = Console(stderr=True)
+# soft_wrap: never wrap a line (a grep for a file name must find the whole line)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+#: Seconds between plain progress lines when stderr is not a terminal.
+PROGRESS_EVERY = 10.0
 
 # Exit codes (README "Exit codes"). Most specific first: the first matching class decides.
 EXIT_PARTIAL = 6  # the job finished, but some inputs failed (their rows say why)
+EXIT_USAGE = 2
 EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.AccuracyGateFailed, 4, "accuracy gate failed"),
     (errors.UnsupportedArchitecture, 3, "unsupported model"),
     (errors.ExportError, 3, "export failed"),
-    (errors.ModelMismatch, 8, "output holds another model"),
+    (errors.ModelMismatch, 8, "output mismatch"),
     (errors.OutputError, 8, "output error"),
     (errors.ModelUnavailable, 5, "model unavailable"),
     (errors.ModelCorrupted, 5, "model corrupted"),
     (errors.ModelError, 5, "model error"),
     (errors.InputError, 7, "stopped at a bad input (--strict)"),
+    (errors.OptionError, EXIT_USAGE, "invalid option"),
     (errors.ImgbeddingsError, 1, "error"),
 ]
 
 
+def _stderr_is_terminal() -> bool:
+    return err_console.is_terminal
+
+
+def _message(exc: errors.ImgbeddingsError) -> str:
+    """The one line a CLI user sees for ``exc`` (CLI advice where the library's is Python)."""
+    if isinstance(exc, errors.ModelUnavailable) and exc.url:
+        reason = exc.reason.rstrip(".")
+        if not exc.filename:  # a whole checkpoint (export)
+            return (
+                f"cannot get checkpoint {exc.repo_id!r} (revision {exc.revision!r}): {reason}. To use a "
+                f"local copy, download its files from {exc.url} into a folder and pass that folder as SRC"
+            )
+        return (
+            f"cannot get model file {exc.filename!r} from Hugging Face repo {exc.repo_id!r} (revision "
+            f"{exc.revision!r}): {reason}. To use a local copy, download {exc.url} and pass "
+            f"--model /path/to/{Path(exc.filename).name}"
+        )
+    return str(exc)
+
+
+def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+    err_console.print(f"warning: {message}", markup=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imgbeddings {__version__}")
+        raise typer.Exit()
+
+
+class OutputFormat(str, Enum):
+    parquet = "parquet"
+    npy = "npy"
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Image embeddings from CLIP-family models on ONNX Runtime."""
+
+
 @app.command("export")
 def export_cmd(
-    src: Annotated[str, typer.Argument(help="Hugging Face model id or local checkpoint folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created).")],
+    src: Annotated[
+        str, typer.Argument(metavar="SRC", help="Hugging Face model id or local checkpoint folder.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Output folder (created).")],
     kind: Annotated[
         str,
         typer.Option(
-            help="projection (CLIP image-text space) | legacy (original imgbeddings pooling) | pooled."
+            metavar="KIND",
+            help="projection (CLIP image-text space) | legacy (original imgbeddings pooling) | pooled.",
         ),
     ] = "projection",
     legacy_layers: Annotated[
         Optional[int],  # noqa: UP045 - typer needs Optional on 3.10
-        typer.Option(help="Hidden states pooled by --kind legacy (default: 6 for patch-32 models, else 1)."),
+        typer.Option(
+            metavar="N",
+            help="Hidden states pooled by --kind legacy (default: 6 for patch-32 models, else 1).",
+        ),
     ] = None,
     quantize: Annotated[
         str,
         typer.Option(
-            help="int8 (default recipe) | int8-original (QUInt8, the 0.1.0 recipe) | int8-plain | none."
+            metavar="RECIPE",
+            help="int8 (default recipe) | int8-original (QUInt8, the 0.1.0 recipe) | int8-plain | none.",
         ),
     ] = "int8",
     resize_mode: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="Override the card's geometry: pad | crop | squash (default: from the checkpoint)."
+            metavar="MODE",
+            help="Override the card's geometry: pad | crop | squash (default: from the checkpoint).",
         ),
     ] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,  # noqa: UP045
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of SRC.")] = None,  # noqa: UP045
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 20,
+    name: Annotated[Optional[str], typer.Option(metavar="NAME", help="Model name in the card.")] = None,  # noqa: UP045
+    revision: Annotated[Optional[str], typer.Option(metavar="REV", help="Hub revision of SRC.")] = None,  # noqa: UP045
+    opset: Annotated[int, typer.Option(metavar="N", help="ONNX opset.")] = 20,
     min_int8_cosine: Annotated[
-        float, typer.Option(help="Fail if INT8 vs fp32 cosine falls below this.")
+        float, typer.Option(metavar="X", help="Fail if INT8 vs fp32 cosine falls below this.")
     ] = 0.99,
     min_fp32_cosine: Annotated[
-        float, typer.Option(help="Fail if ONNX vs PyTorch cosine falls below this.")
+        float, typer.Option(metavar="X", help="Fail if ONNX vs PyTorch cosine falls below this.")
     ] = 0.99999,
 ) -> None:
     """Export a CLIP/SigLIP checkpoint's vision tower to a verified ONNX model with its card."""
     from .export import export_model
 
-    result = export_model(
-        src,
-        output,
-        kind=kind,
-        legacy_layers=legacy_layers,
-        quantize_recipe=quantize,
-        resize_mode=resize_mode,
-        name=name,
-        revision=revision,
-        opset=opset,
-        min_int8_cosine=min_int8_cosine,
-        min_fp32_cosine=min_fp32_cosine,
-        log=lambda msg: err_console.print(msg, highlight=False),
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("imgbeddings.export")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        result = export_model(
+            src,
+            output,
+            kind=kind,
+            legacy_layers=legacy_layers,
+            quantize_recipe=quantize,
+            resize_mode=resize_mode,
+            name=name,
+            revision=revision,
+            opset=opset,
+            min_int8_cosine=min_int8_cosine,
+            min_fp32_cosine=min_fp32_cosine,
+        )
+    finally:
+        log.removeHandler(handler)
     typer.echo(str(result.model_path))
+
+
+class _Progress:
+    """Progress and failure lines of one ``embed`` run (see the module docstring)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+        self.total = self.done = self.failed = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def start(self, total: int, skipped: int) -> None:
+        self.total, self.t0 = total, time.perf_counter()
+        self.last = self.t0
+        if skipped and total:
+            err_console.print(f"{skipped} file(s) already done: skipped", markup=False)
+        if not (self.enabled and total and _stderr_is_terminal()):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]embedding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} img/s"),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("embed", total=total, rate="-", failed=0)
+
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.t0, 1e-9)
+
+    def batch(self, done: int, failures: list[errors.Failure]) -> None:
+        self.done += done
+        self.failed += len(failures)
+        for f in failures:
+            err_console.print(f"failed {f}", markup=False)
+        if self.bar is not None:
+            self.bar.update(self.task, advance=done, rate=f"{self.rate():.1f}", failed=self.failed)
+        elif self.enabled and time.perf_counter() - self.last >= PROGRESS_EVERY and self.done < self.total:
+            self.last = time.perf_counter()
+            rate = self.rate()
+            eta = time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / rate)) if rate else "?"
+            err_console.print(
+                f"progress {self.done}/{self.total} ({100 * self.done / self.total:.0f} %), "
+                f"{rate:.1f} img/s, ETA {eta}, {self.failed} failed",
+                markup=False,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command("embed")
 def embed_cmd(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders, .txt files listing paths (one per line), or - for stdin."),
+        typer.Argument(
+            metavar="PATH...",
+            help="Image files, folders, .txt files listing paths (one per line), or - for stdin.",
+        ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created, or resumed).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Output folder (created, or resumed).")
+    ],
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Built-in name, hub repo, or .onnx file.")
+        str,
+        typer.Option(
+            "--model", "-m", metavar="NAME|REPO|FILE", help="Built-in name, hub repo, or .onnx file."
+        ),
     ] = "patch32_v1",
-    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.")] = 32,
+    batch_size: Annotated[int, typer.Option(metavar="N", min=1, help="Images per ONNX Runtime call.")] = 32,
     workers: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="Decode worker processes (default: one per CPU; 0 = decode in-process)."),
+        typer.Option(
+            metavar="N", min=0, help="Decode worker processes (default: one per CPU; 0 = decode in-process)."
+        ),
     ] = None,
     threads: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="ONNX Runtime threads (default: the CPUs this process may use)."),
+        typer.Option(
+            metavar="N", min=1, help="ONNX Runtime threads (default: the CPUs this process may use)."
+        ),
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk sub-folders too.")] = False,
     fast: Annotated[
@@ -124,57 +269,41 @@ def embed_cmd(
             "--fast/--exact", help="fast: reduced-scale JPEG decoding (default); exact: reference pixels."
         ),
     ] = True,
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise the vectors.")] = False,
+    pca: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            metavar="FILE", exists=True, dir_okay=False, help="Project the vectors with a saved PCA (.npz)."
+        ),
+    ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="parquet (shards) | npy (shards + embeddings.npy/paths.txt).")
-    ] = "parquet",
-    strict: Annotated[bool, typer.Option(help="Stop at the first bad input (exit code 7).")] = False,
+        OutputFormat,
+        typer.Option("--format", help="parquet (shards) | npy (shards + embeddings.npy/paths.txt)."),
+    ] = OutputFormat.parquet,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first bad input (exit code 7).")
+    ] = False,
     retry_failed: Annotated[
-        bool, typer.Option(help="Embed again files that failed in an earlier run.")
+        bool, typer.Option("--retry-failed", help="Embed again files that failed in an earlier run.")
     ] = False,
     shard_size: Annotated[
-        int, typer.Option(help="Rows per Parquet shard (the most a kill can lose).")
+        int, typer.Option(metavar="N", min=1, help="Rows per Parquet shard (the most a kill can lose).")
     ] = 4096,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")
+    ] = True,
 ) -> None:
     """Embed images into OUTPUT as resumable Parquet shards.
 
     Re-running the same command finishes an interrupted job and embeds only files that are new
     or changed. Exit code 0 when every input worked, 6 when some failed (the rest is written
-    and the failures are in OUTPUT/failures.parquet), 7 when --strict stopped at a bad input.
+    and the failures are in OUTPUT/failures.parquet), 7 when --strict stopped at a bad input,
+    8 when OUTPUT holds vectors made another way (model, --exact, --normalize, --pca).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .job import embed_files
 
-    if fmt not in ("parquet", "npy"):
-        raise typer.BadParameter(f"--format must be parquet or npy, got {fmt!r}")
-    bar = Progress(
-        TextColumn("[bold]embedding"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} img/s"),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not progress,
-        transient=False,
-    )
-    state = {"task": None, "failed": 0, "t0": 0.0}
-
-    def on_start(total: int, skipped: int) -> None:
-        if skipped:
-            err_console.print(f"{skipped} file(s) already in {output}: skipped", highlight=False)
-        state["t0"] = time.perf_counter()
-        if total:
-            state["task"] = bar.add_task("embed", total=total, rate="-", failed=0)
-
-    def on_batch(done: int, failed: int) -> None:
-        state["failed"] += failed
-        task = bar.tasks[0]
-        rate = (task.completed + done) / max(time.perf_counter() - state["t0"], 1e-9)
-        bar.update(state["task"], advance=done, rate=f"{rate:.1f}", failed=state["failed"])
-
-    with bar:
+    reporter = _Progress(progress)
+    try:
         result = embed_files(
             paths,
             output,
@@ -187,26 +316,32 @@ def embed_cmd(
             strict=strict,
             retry_failed=retry_failed,
             shard_size=shard_size,
-            npy=fmt == "npy",
-            on_start=on_start,
-            on_batch=on_batch,
+            npy=fmt is OutputFormat.npy,
+            normalize=normalize,
+            pca=pca,
+            on_start=reporter.start,
+            on_batch=reporter.batch,
         )
+    finally:
+        reporter.close()
     c, t = result.counts, result.timings
-    err_console.print(
-        f"embedded {c.embedded}, skipped {c.skipped} (already done), failed {c.failed} "
-        f"in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s; {result.workers} decode "
-        f"worker(s), {result.threads} ONNX Runtime thread(s))",
-        highlight=False,
-    )
-    err_console.print(
-        f"[dim]time split: decode {t.decode:.1f} s, geometry {t.geometry:.1f} s (summed over workers), "
-        f"to tensor {t.tensor:.1f} s, inference {t.inference:.1f} s[/]",
-        highlight=False,
-    )
-    for f in result.failures[:20]:
-        err_console.print(f"[red]failed[/] {f.source}: {f.error}: {f.message}", highlight=False)
-    if len(result.failures) > 20:
-        err_console.print(f"... and {len(result.failures) - 20} more: see {output / 'failures.parquet'}")
+    rate = result.images_per_second
+    if rate is None:
+        err_console.print(f"nothing to embed: {c.skipped} file(s) already done in {output}", markup=False)
+    else:
+        err_console.print(
+            f"embedded {c.embedded}, skipped {c.skipped} (already done), failed {c.failed} "
+            f"in {result.seconds:.1f} s ({rate:.1f} img/s; {result.workers} decode "
+            f"worker(s), {result.threads} ONNX Runtime thread(s))",
+            markup=False,
+        )
+        err_console.print(
+            f"time split: decode {t.decode:.1f} s, geometry {t.geometry:.1f} s (summed over workers), "
+            f"to tensor {t.tensor:.1f} s, inference {t.inference:.1f} s",
+            markup=False,
+        )
+    if c.failed:
+        err_console.print(f"{c.failed} input(s) failed: see {output / 'failures.parquet'}", markup=False)
     typer.echo(str(output))
     if c.failed:
         raise typer.Exit(EXIT_PARTIAL)
@@ -230,7 +365,10 @@ def models_cmd() -> None:
 @app.command("info")
 def info_cmd(
     target: Annotated[
-        Path, typer.Argument(help="A model (.onnx, .card.json, export folder) or an output folder.")
+        Path,
+        typer.Argument(
+            metavar="MODEL|OUTPUT", help="A model (.onnx, .card.json, export folder) or an output folder."
+        ),
     ],
 ) -> None:
     """Show a model's card, or an output folder's model, size and failures."""
@@ -241,56 +379,45 @@ def info_cmd(
     if target.is_dir() and (target / MANIFEST).is_file():
         info = summarize(target)
         m = info["manifest"]
+        ident = m.get("identity", {})
         typer.echo(f"output       {target}")
-        typer.echo(
-            f"model        {m.get('model')} (fingerprint {m.get('fingerprint')}, mode {m.get('mode')})"
+        typer.echo(f"model        {m.get('model')} (card {ident.get('card', m.get('fingerprint'))})")
+        extra = (", L2-normalised" if ident.get("normalize") else "") + (
+            f", PCA {ident['pca']}" if ident.get("pca") else ""
         )
+        typer.echo(f"made with    mode {m.get('mode')}{extra} (fingerprint {m.get('fingerprint')})")
         typer.echo(f"vectors      {info['vectors']} x {m.get('dim')} float32 in {info['shards']} shard(s)")
         typer.echo(f"failures     {len(info['failures'])}")
         for f in info["failures"][:10]:
-            typer.echo(f"  {f['path']}: {f['error']}: {f['message']}")
+            typer.echo(f"  {f}")
         return
     from .models.cards import ModelCard
-    from .models.registry import resolve
+    from .models.registry import resolve_model
 
     if target.name.endswith(".card.json"):
         card = ModelCard.load(target)
     else:
-        resolved = resolve(target)
-        if resolved.card is None:
-            from .embedder import Embedder
-
-            card = Embedder(target).card  # infers the card of a bare legacy-layout file
-        else:
-            card = resolved.card
+        card = resolve_model(target).card
     typer.echo(json.dumps(card.to_dict(), indent=2))
     typer.echo(f"fingerprint: {card.fingerprint()}")
 
 
-@app.callback()
-def _root() -> None:
-    """Image embeddings from CLIP-family models on ONNX Runtime."""
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning imgbeddings errors into one line + exit code."""
+    """Console entry point: run the app, turning imgbeddings errors into one line + exit code.
+
+    Typer runs in standalone mode, so usage errors, ``--help``, ``typer.Exit`` and Ctrl-C are
+    handled by Typer itself (exit 2, 0, the code, 130) with any Typer/Click version.
+    """
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
-        code = app(args=argv, standalone_mode=False)  # returns typer.Exit's code instead of exiting
+        app(args=argv, prog_name="imgbeddings")
     except errors.ImgbeddingsError as exc:
         if settings.debug():
             raise
         code, label = next((c, lbl) for cls, c, lbl in EXIT_CODES if isinstance(exc, cls))
-        err_console.print(f"[bold red]{label}:[/] {exc}", highlight=False)
-        err_console.print("[dim]Set IMGBEDDINGS_DEBUG=1 for the full traceback.[/]")
+        err_console.print(f"{label}: {_message(exc)}", markup=False)
+        err_console.print("Set IMGBEDDINGS_DEBUG=1 for the full traceback.", style="dim", markup=False)
         sys.exit(code)
-    except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - click handles these
-        sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    finally:
+        warnings.showwarning = previous

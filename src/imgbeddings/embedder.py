@@ -5,68 +5,34 @@
 >>> vecs = emb.embed(["a.jpg", "b.png"])   # float32 (2, 768)
 >>> res = emb.embed_with_failures(["a.jpg", "missing.jpg"])
 >>> res.vectors[res.ok], res.failures      # good rows kept, bad ones listed
+
+Every method runs the one streaming engine (:func:`imgbeddings.pipeline.stream`) with decode
+threads; ``embed_stream`` / ``embed_files`` run it with decode worker processes.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from . import settings
-from .errors import CardError, InputError
+from .errors import CardError, OptionError
 from .images.decode import DEFAULT_MAX_PIXELS
-from .images.preprocess import Mode, Preprocessor
-from .models.cards import ModelCard, infer_card
-from .models.registry import DEFAULT_MODEL, ResolvedModel, resolve
+from .images.preprocess import DEFAULT_MODE, Mode, Preprocessor
+from .models.cards import ModelCard
+from .models.registry import DEFAULT_MODEL, resolve_model
 from .pca import PCAModel, as_pca
+from .pipeline import Batch, stream
 from .runtime import OnnxModel
 
 _SINGLE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One input that could not be embedded."""
-
-    index: int
-    source: str
-    error: str
-    message: str
-
-    @classmethod
-    def from_error(cls, err: InputError) -> Failure:
-        return cls(
-            index=err.index if err.index is not None else -1,
-            source=err.source,
-            error=type(err).__name__,
-            message=err.reason,
-        )
-
-
-@dataclass
-class EmbedResult:
-    """Vectors for every input, with failed rows marked.
-
-    ``vectors``: float32 (N, D), NaN rows where an input failed; ``ok``: bool (N,);
-    ``failures``: one :class:`Failure` per bad input, in input order.
-    """
-
-    vectors: np.ndarray
-    ok: np.ndarray
-    failures: list[Failure] = field(default_factory=list)
-
-    @property
-    def good(self) -> np.ndarray:
-        """Only the rows of inputs that worked, (N_ok, D)."""
-        return self.vectors[self.ok]
 
 
 def is_single_input(inputs: Any) -> bool:
@@ -99,9 +65,10 @@ class Embedder:
     Args:
         model: built-in name (see ``imgbeddings.list_models()``), Hugging Face repo
             (``org/name`` or ``org/name/file.onnx``), or local ``.onnx`` file / exported folder.
-        mode: ``"exact"`` (reference preprocessing, default) or ``"fast"`` (reduced-scale
-            JPEG decoding, resize before padding; see README for its measured deviation).
-        normalize: L2-normalise the output vectors.
+        mode: ``"fast"`` (default: JPEGs decoded at reduced scale, large images box-reduced, long
+            side kept >= 2 x the input size) or ``"exact"`` (the reference pixels); README,
+            "Preprocessing", gives the measured deviation.
+        normalize: L2-normalise the output vectors (after PCA, if any).
         batch_size: images per ONNX Runtime call.
         threads: ONNX Runtime intra-op threads (default: CPUs this process may use).
         spin: let idle ONNX Runtime threads busy-wait (fastest alone; the streaming pipeline
@@ -119,7 +86,7 @@ class Embedder:
         self,
         model: str | Path = DEFAULT_MODEL,
         *,
-        mode: Mode = "exact",
+        mode: Mode = DEFAULT_MODE,
         normalize: bool = False,
         batch_size: int = 32,
         threads: int | None = None,
@@ -137,57 +104,88 @@ class Embedder:
         preprocess: dict[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        resolved: ResolvedModel = resolve(
-            model, revision=revision, cache_dir=cache_dir, offline=offline, force_download=force_download
+            raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+        resolved = resolve_model(
+            model,
+            card=card,
+            preprocess=preprocess,
+            revision=revision,
+            cache_dir=cache_dir,
+            offline=offline,
+            force_download=force_download,
         )
-        if card is not None:
-            resolved = ResolvedModel(
-                resolved.path, card if isinstance(card, ModelCard) else ModelCard.load(card)
-            )
-        given = resolved.card
         self.model_path = resolved.path
+        self.card: ModelCard = resolved.card
         self.onnx = OnnxModel(
             resolved.path,
-            output_name=given.output.name if given else None,
+            output_name=self.card.output.name,
             threads=threads,
             gpu=gpu,
             provider=provider,
             spin=spin,
         )
-        inputs, outputs = self.onnx.signature()
-        final = given or infer_card(resolved.path, inputs, outputs)
-        if given is None:
-            self.onnx.output_name = final.output.name
-        if preprocess:
-            final = final.with_preprocess(**preprocess)
-        self._check_card(final, outputs)
-        self.card: ModelCard = final
+        self._check_card()
         self.mode: Mode = mode
         self.normalize = normalize
         self.batch_size = batch_size
-        self.pca: PCAModel | None = as_pca(pca)
-        self.preprocessor = Preprocessor(final.preprocess, mode, max_pixels)
+        try:
+            self.pca: PCAModel | None = as_pca(pca)
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"cannot use PCA {pca}: {exc}") from exc
+        if self.pca is not None and self.pca.in_dim != self.card.output.dim:
+            raise OptionError(
+                f"the PCA takes {self.pca.in_dim}-d vectors, model {self.card.name} gives "
+                f"{self.card.output.dim}-d: it was fitted on another model's vectors"
+            )
+        self.preprocessor = Preprocessor(self.card.preprocess, mode, max_pixels)
         self.decode_workers = decode_workers or settings.available_cpus()
 
-    def _check_card(self, card: ModelCard, outputs: list[tuple[str, list]]) -> None:
-        shape = dict(outputs).get(card.output.name)
-        if shape and isinstance(shape[-1], int) and shape[-1] != card.output.dim:
+    def _check_card(self) -> None:
+        _, outputs = self.onnx.signature()
+        shape = dict(outputs).get(self.card.output.name)
+        if shape and isinstance(shape[-1], int) and shape[-1] != self.card.output.dim:
             raise CardError(
-                f"card of {self.model_path} says output {card.output.name!r} is {card.output.dim}-d, "
-                f"the model's graph says {shape[-1]}"
+                f"card of {self.model_path} says output {self.card.output.name!r} is "
+                f"{self.card.output.dim}-d, the model's graph says {shape[-1]}"
             )
 
-    # --- introspection -----------------------------------------------------------------------
+    # --- identity ----------------------------------------------------------------------------
     @property
     def dim(self) -> int:
         """Width of the vectors ``embed`` returns (after PCA, if any)."""
         return self.pca.out_dim if self.pca is not None else self.card.output.dim
 
+    @property
+    def unit_length(self) -> bool:
+        """Whether returned vectors have unit length: ``normalize=True``, or a model whose card says
+        it returns unit vectors (``output.normalized``) with no PCA after it."""
+        return bool(self.normalize or (self.card.output.normalized and self.pca is None))
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the vectors this embedder returns: the model card (its
+        fingerprint covers the weights' checksum, preprocessing and output), the preprocessing
+        mode, L2 normalisation and PCA. Outputs record it and refuse vectors made otherwise."""
+        return {
+            "model": self.card.name,
+            "card": self.card.fingerprint(),
+            "mode": self.mode,
+            "normalize": self.unit_length,
+            "pca": self.pca.fingerprint() if self.pca is not None else None,
+            "dim": self.dim,
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`identity`: equal fingerprints mean comparable vectors."""
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     def __repr__(self) -> str:
+        extra = (", normalize=True" if self.normalize else "") + (
+            f", pca={self.pca.in_dim}->{self.pca.out_dim}" if self.pca is not None else ""
+        )
         return (
-            f"Embedder({self.card.name!r}, kind={self.card.output.kind}, dim={self.dim}, mode={self.mode!r}, "
-            f"providers={self.onnx.providers})"
+            f"Embedder({self.card.name!r}, kind={self.card.output.kind}, dim={self.dim}, mode={self.mode!r}"
+            f"{extra}, providers={self.onnx.providers})"
         )
 
     # --- core -------------------------------------------------------------------------------
@@ -197,66 +195,35 @@ class Embedder:
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Model outputs for a preprocessed batch, then PCA and normalisation as configured."""
-        vectors = self.onnx.run(pixels)
-        return self.postprocess(vectors)
+        return self.postprocess(self.onnx.run(pixels))
 
     def postprocess(self, vectors: np.ndarray) -> np.ndarray:
         """Apply the configured PCA and L2 normalisation to raw model outputs."""
         if self.pca is not None:
             vectors = self.pca.transform(vectors)
-        if self.normalize:
+        if self.normalize and not (self.card.output.normalized and self.pca is None):
             vectors = l2_normalize(vectors)
         return vectors.astype(np.float32, copy=False)
 
-    def _prepare(self, pool: ThreadPoolExecutor, start: int, chunk: list[Any]) -> list[Future]:
-        return [pool.submit(self.preprocessor, item, start + i) for i, item in enumerate(chunk)]
-
-    def _iter_batches(
-        self, inputs: Any, batch_size: int | None, errors: Literal["raise", "mark"], progress: bool
-    ) -> Iterator[tuple[int, np.ndarray, list[Any]]]:
-        """Yield (start, rows, outcomes): ``rows`` are vectors of the good items of a chunk,
-        ``outcomes`` holds, per item, True (good) or its InputError. Decoding of the next chunk
-        runs in threads while the current one is in ONNX Runtime."""
-        size = batch_size or self.batch_size
-        iterator = iter(as_items(inputs))
+    def iter_batches(
+        self, inputs: Any, *, batch_size: int | None = None, progress: bool = False
+    ) -> Iterator[Batch]:
+        """Embed lazily: :class:`~imgbeddings.pipeline.Batch` objects in input order, decoding
+        in threads ahead of inference. Bad inputs are failures in their batch, never raised."""
         total = len(inputs) if hasattr(inputs, "__len__") and not is_single_input(inputs) else None
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, unit="img", smoothing=0)
-        with ThreadPoolExecutor(
-            max_workers=self.decode_workers, thread_name_prefix="imgbeddings-decode"
-        ) as pool:
-            start = 0
-            chunk = list(itertools.islice(iterator, size))
-            pending = self._prepare(pool, start, chunk)
-            try:
-                while chunk:
-                    next_chunk = list(itertools.islice(iterator, size))
-                    next_pending = self._prepare(pool, start + len(chunk), next_chunk)
-                    tensors, outcomes = [], []
-                    for fut in pending:
-                        try:
-                            tensors.append(fut.result())
-                            outcomes.append(True)
-                        except InputError as exc:
-                            if errors == "raise":
-                                raise
-                            outcomes.append(exc)
-                    rows = (
-                        self.run(np.stack(tensors)) if tensors else np.empty((0, self.dim), dtype=np.float32)
-                    )
-                    yield start, rows, outcomes
-                    if bar is not None:
-                        bar.update(len(chunk))
-                    start += len(chunk)
-                    chunk, pending = next_chunk, next_pending
-            finally:
-                for fut in pending:
-                    fut.cancel()
+        try:
+            for batch in stream(self, as_items(inputs), backend="threads", batch_size=batch_size):
+                yield batch
                 if bar is not None:
-                    bar.close()
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
 
     def embed(self, inputs: Any, *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """Embed one image or an iterable of images; returns float32 (N, D).
@@ -266,23 +233,18 @@ class Embedder:
         :class:`~imgbeddings.errors.InputError` naming its index, source and reason; use
         :meth:`embed_with_failures` to keep going past bad inputs.
         """
-        parts = [rows for _, rows, _ in self._iter_batches(inputs, batch_size, "raise", progress)]
+        parts = []
+        for batch in self.iter_batches(inputs, batch_size=batch_size, progress=progress):
+            if batch.failures:
+                raise batch.failures[0].to_error()
+            parts.append(batch.vectors)
         return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
 
     def embed_with_failures(
         self, inputs: Any, *, batch_size: int | None = None, progress: bool = False
-    ) -> EmbedResult:
+    ) -> Batch:
         """Like :meth:`embed`, but bad inputs are marked instead of raised: their rows are NaN,
-        ``ok`` is False for them, and ``failures`` says which and why. Nothing computed for the
-        good inputs is lost."""
-        parts, oks, failures = [], [], []
-        for _, rows, outcomes in self._iter_batches(inputs, batch_size, "mark", progress):
-            block = np.full((len(outcomes), self.dim), np.nan, dtype=np.float32)
-            good = np.array([o is True for o in outcomes], dtype=bool)
-            block[good] = rows
-            parts.append(block)
-            oks.append(good)
-            failures.extend(Failure.from_error(o) for o in outcomes if o is not True)
-        if not parts:
-            return EmbedResult(np.empty((0, self.dim), dtype=np.float32), np.empty(0, dtype=bool), [])
-        return EmbedResult(np.concatenate(parts), np.concatenate(oks), failures)
+        ``ok`` is False for them, and ``failures`` (:class:`~imgbeddings.errors.Failure`) says
+        which and why. Nothing computed for the good inputs is lost."""
+        batches = list(self.iter_batches(inputs, batch_size=batch_size, progress=progress))
+        return Batch.concat(batches, self.dim)

@@ -10,6 +10,7 @@ failed, on which item, and how to fix it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -58,6 +59,52 @@ class ImageTooLarge(InputError):
     """The image has more pixels than the configured limit (decompression-bomb guard)."""
 
 
+class WorkerCrashed(InputError):
+    """The decode worker process died or hung on this input (the worker was replaced)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One input that could not be embedded: the same record from the decode worker to the
+    stored output row and back (``embed_with_failures``, ``embed_stream``, ``embed_files`` and
+    ``load()`` all return these).
+
+    Attributes:
+        index: the input's position in the caller's input (``None`` for rows read from an output).
+        source: the input (its path, or a short description of an in-memory item).
+        error: the error class name, one of the :class:`InputError` subclasses.
+        message: why it failed, in words.
+    """
+
+    index: int | None
+    source: str
+    error: str
+    message: str
+
+    @classmethod
+    def from_error(cls, err: InputError, index: int | None = None) -> Failure:
+        """The record of an :class:`InputError` (``index`` overrides the error's own)."""
+        return cls(err.index if index is None else index, err.source, type(err).__name__, err.reason)
+
+    def to_error(self) -> InputError:
+        """The error as an exception, to raise (the class named by ``error``, else InputError)."""
+        cls = globals().get(self.error)
+        if not (isinstance(cls, type) and issubclass(cls, InputError)):
+            cls = InputError
+        return cls(self.source, self.message, self.index)
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.error}: {self.message}"
+
+
+# --- options ---------------------------------------------------------------------------
+
+
+class OptionError(ImgbeddingsError, ValueError):
+    """An option's value cannot work: out of range, or not fitting the model or the output
+    (e.g. a PCA fitted on vectors of another width). The CLI reports it as a usage error."""
+
+
 # --- models ----------------------------------------------------------------------------
 
 
@@ -70,19 +117,49 @@ class ModelNotFound(ModelError, LookupError):
 
 
 class ModelUnavailable(ModelError, ConnectionError):
-    """A model file could not be downloaded (offline mode, unreachable hub, missing file).
+    """A model file (or a whole checkpoint) could not be had from the Hugging Face Hub: offline
+    mode without a cached copy, hub unreachable, repo/revision/file not found, access denied.
 
-    Attributes: ``repo_id``, ``filename``, ``revision``.
+    Attributes:
+        reason: why it failed and the generic fix, in words, without a final full stop (e.g.
+            "offline mode is on (...) and the file is not in the cache. Unset HF_HUB_OFFLINE and
+            run once with network access to download it").
+        repo_id: the Hub repository.
+        filename: the file that was asked for; ``""`` when a whole checkpoint was (``export``).
+        revision: the branch, tag or commit asked for.
+        url: where to download it by hand: the file's download URL, or for a whole checkpoint
+            the repository's file listing at that revision; ``""`` if unknown.
+
+    ``str()`` is written for Python callers (it names ``Embedder``/``model_path``); a command
+    line builds its own advice from the attributes.
     """
 
-    def __init__(self, message: str, repo_id: str = "", filename: str = "", revision: str = "") -> None:
-        super().__init__(message, repo_id, filename, revision)
+    def __init__(
+        self, reason: str, repo_id: str = "", filename: str = "", revision: str = "", url: str = ""
+    ) -> None:
+        super().__init__(reason, repo_id, filename, revision, url)
+        self.reason = reason
         self.repo_id = repo_id
         self.filename = filename
         self.revision = revision
+        self.url = url
 
     def __str__(self) -> str:
-        return str(self.args[0])
+        reason = self.reason.rstrip(". ")
+        if not self.filename:
+            fetch = f"download its files from {self.url}" if self.url else "download its files"
+            return (
+                f"cannot get checkpoint {self.repo_id!r} (revision {self.revision!r}) from the Hugging "
+                f"Face Hub: {reason}. To use a local copy, {fetch} into a folder and pass the "
+                "folder's path instead of the repo id."
+            )
+        local = "/path/to/" + self.filename.rsplit("/", 1)[-1]
+        fetch = f"download {self.url} and pass its path" if self.url else "pass the path of a local copy"
+        return (
+            f"cannot get model file {self.filename!r} from Hugging Face repo {self.repo_id!r} "
+            f"(revision {self.revision!r}): {reason}. To use a local copy, {fetch}: "
+            f'Embedder("{local}") or imgbeddings(model_path="{local}").'
+        )
 
 
 class ModelCorrupted(ModelError):
@@ -125,7 +202,8 @@ class OutputError(ImgbeddingsError):
 
 
 class ModelMismatch(OutputError):
-    """The output folder holds vectors of another model or preprocessing mode."""
+    """The output folder holds vectors made another way (model, mode, normalisation or PCA):
+    appending would mix vectors that are not comparable."""
 
 
 # --- export ----------------------------------------------------------------------------

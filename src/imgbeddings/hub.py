@@ -1,7 +1,13 @@
-"""Model downloads from the Hugging Face Hub: the only module that talks to ``huggingface_hub``.
+"""Downloads from the Hugging Face Hub: the only module that talks to ``huggingface_hub``.
 
-Every failure to obtain a file becomes :class:`~imgbeddings.errors.ModelUnavailable`, and every
-file handed out is verified first, never silently used when bad:
+Two entry points: :func:`download_model_file` (one file, e.g. an ONNX model or its card) and
+:func:`download_checkpoint` (a repo snapshot filtered by patterns, for the exporter). Both honour
+``IMGBEDDINGS_CACHE``, the endpoint settings and offline mode (``HF_HUB_OFFLINE``, read when
+called), and every failure to obtain a file becomes :class:`~imgbeddings.errors.ModelUnavailable`
+(with ``reason``, ``repo_id``, ``filename``, ``revision`` and a download ``url``).
+
+Every file handed out (each file of a snapshot included) is verified first, never silently used
+when bad:
 
 * against its own cache entry: huggingface_hub stores a file as ``blobs/<etag>`` with
   ``snapshots/<commit>/<filename>`` a symlink to it, and the etag is the file's sha256 (LFS files)
@@ -21,7 +27,9 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import huggingface_hub
 from huggingface_hub import errors as hf_errors
@@ -34,16 +42,12 @@ try:  # the HTTP client under huggingface_hub: httpx2 since 2.0, httpx in 1.x
 except ImportError:  # pragma: no cover
     from httpx import TransportError as _TransportError
 
-__all__ = ["cached_model_file", "download_model_file", "sha256_file", "verify_file"]
+__all__ = ["cached_model_file", "download_checkpoint", "download_model_file", "sha256_file", "verify_file"]
 
 _CHUNK = 1 << 20
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ETAG_DIR = ".imgbeddings-etags"
-_LOCAL_HINT = (
-    'To use a local file instead, pass its path: imgbeddings(model_path="/path/to/patch32_v1.onnx") '
-    'or Embedder("/path/to/model.onnx").'
-)
 
 _digests: dict[tuple[str, int, int], dict[str, str]] = {}
 _digests_lock = threading.Lock()
@@ -142,6 +146,62 @@ def cached_model_file(
     except Exception:
         return None
     return Path(found) if isinstance(found, str) else None
+
+
+def download_checkpoint(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Return the local folder of a snapshot of Hub repo ``repo_id``, downloading what is missing.
+
+    Only the files matching ``allow_patterns`` (fnmatch patterns, e.g. ``"*.safetensors"``) are
+    fetched. The folder is huggingface_hub's ``snapshots/<commit>``, so its name is the commit
+    the revision resolved to. Every file in it is verified against its cache etag before the
+    folder is handed out.
+
+    Args:
+        repo_id: the Hub repository, e.g. ``"openai/clip-vit-base-patch32"``.
+        revision: branch, tag or commit (default ``"main"``).
+        allow_patterns: which files to fetch (default: all).
+        cache_dir: cache folder; default ``IMGBEDDINGS_CACHE``, else huggingface_hub's cache.
+        offline: use the cache only, with no network call; default ``HF_HUB_OFFLINE``.
+        endpoint: Hub URL; default ``IMGBEDDINGS_HF_ENDPOINT`` / ``HF_ENDPOINT`` read now.
+
+    Raises:
+        ModelUnavailable: offline (or the hub unreachable) and not cached, repo or revision not
+            found, or access denied; its ``filename`` is ``""`` and its ``url`` the repo's file
+            listing at ``revision``. It is also a ``ConnectionError``.
+        ModelCorrupted: a cached file does not match its cache etag.
+    """
+    revision = revision or "main"
+    offline = settings.is_offline() if offline is None else offline
+    endpoint = endpoint or settings.hub_endpoint()
+    cache_dir = cache_dir if cache_dir is not None else settings.cache_dir()
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=offline,
+            allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
+            endpoint=endpoint,
+            library_name="imgbeddings",
+            library_version=_library_version(),
+        )
+    except (OSError, ValueError, _TransportError, hf_errors.HfHubHTTPError) as exc:
+        raise _unavailable(
+            exc, offline, False, repo_id=repo_id, filename="", revision=revision, endpoint=endpoint
+        ) from exc
+    folder = Path(folder)
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            verify_file(file, filename=file.relative_to(folder).as_posix())
+    return folder
 
 
 def sha256_file(path: str | Path) -> str:
@@ -246,16 +306,21 @@ def _unavailable(
     revision: str,
     endpoint: str | None,
 ) -> ModelUnavailable:
-    """A ModelUnavailable with one clear message explaining ``exc``."""
-    hub = endpoint or huggingface_hub.constants.ENDPOINT
+    """A ModelUnavailable whose ``reason`` explains ``exc`` and says what to do about it.
+
+    ``filename`` is ``""`` for a whole snapshot (:func:`download_checkpoint`).
+    """
+    hub = (endpoint or huggingface_hub.constants.ENDPOINT).rstrip("/")
+    what = "file" if filename else "checkpoint"
     chain, cur = [], exc
     while cur is not None and len(chain) < 10:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
     status = next((e.response.status_code for e in chain if isinstance(e, hf_errors.HfHubHTTPError)), None)
 
-    def has(*types: type[BaseException]) -> bool:
-        return any(isinstance(e, types) for e in chain)
+    def has(*types: type[BaseException] | None) -> bool:
+        known = tuple(t for t in types if t is not None)
+        return any(isinstance(e, known) for e in chain)
 
     if has(hf_errors.GatedRepoError) or status in (401, 403):
         reason = f"access denied by {hub} (HTTP {status}: gated or private repository)"
@@ -266,9 +331,12 @@ def _unavailable(
         reason, hint = "revision not found in the repository", "Check the revision (branch, tag or commit)."
     elif has(hf_errors.RemoteEntryNotFoundError):
         reason, hint = "file not found in the repository", "Check the file name and revision."
+    elif has(getattr(hf_errors, "IncompleteSnapshotError", None)):
+        reason = f"the cached copy of the {what} is incomplete and the hub cannot be used to complete it"
+        hint = "Run once with network access (HF_HUB_OFFLINE unset) to finish the download."
     elif offline or has(hf_errors.OfflineModeIsEnabled):
         reason = "offline mode is on (HF_HUB_OFFLINE or IMGBEDDINGS_OFFLINE) and " + (
-            "force_download=True needs the network" if force_download else "the file is not in the cache"
+            "force_download=True needs the network" if force_download else f"the {what} is not in the cache"
         )
         hint = "Unset HF_HUB_OFFLINE and run once with network access to download it."
     elif has(hf_errors.FileMetadataError):
@@ -280,9 +348,17 @@ def _unavailable(
     elif status is not None:
         reason, hint = f"{hub} answered HTTP {status}", "Check HF_ENDPOINT, or try again later."
     else:
-        reason, hint = f"{type(exc).__name__}: {exc}".split("\n", 1)[0], ""
-    message = (
-        f"cannot get model file {filename!r} from Hugging Face repo {repo_id!r} (revision {revision!r}): "
-        f"{reason}. {hint} {_LOCAL_HINT}"
-    ).replace("  ", " ")
-    return ModelUnavailable(message, repo_id=repo_id, filename=filename, revision=revision)
+        reason, hint = f"{type(exc).__name__}: {exc}".split("\n", 1)[0].rstrip(". "), ""
+    reason = f"{reason}. {hint.rstrip('.')}" if hint else reason
+    url = _download_url(repo_id, filename, revision, hub)
+    return ModelUnavailable(reason, repo_id, filename, revision, url)
+
+
+def _download_url(repo_id: str, filename: str, revision: str, endpoint: str) -> str:
+    """Where to get ``filename`` by hand (its resolve URL), or the repo's file listing for ``""``."""
+    if not filename:
+        return f"{endpoint}/{repo_id}/tree/{quote(revision, safe='')}"
+    try:
+        return huggingface_hub.hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+    except Exception:  # a malformed id: no URL is better than a second error
+        return ""

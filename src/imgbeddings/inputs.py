@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
@@ -33,7 +34,7 @@ def walk_folder(folder: str, recursive: bool) -> Iterator[str]:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
-        print(f"warning: cannot list {folder}: {exc.strerror or exc}", file=sys.stderr)
+        warnings.warn(f"cannot list {folder}: {exc.strerror or exc}", RuntimeWarning, stacklevel=2)
         return
     for entry in entries:
         if is_image_name(entry.name):

@@ -1,27 +1,74 @@
-"""An embedding job over files: list -> skip what is done -> stream -> resumable Parquet output.
+"""Jobs over collections: ``embed_stream`` (any iterable, lazily) and ``embed_files`` (files ->
+resumable Parquet output). Both run the streaming engine with decode worker processes.
 
-This is ``imgbeddings embed`` as a function (the CLI adds a progress bar and a summary)::
+``embed_files`` is ``imgbeddings embed`` as a function (the CLI adds progress and a summary)::
 
-    from imgbeddings.job import embed_files
+    from imgbeddings import embed_files
     result = embed_files(["photos/"], "out/", recursive=True)
     result.counts.embedded, result.counts.failed, result.counts.skipped
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from .embedder import Embedder, Failure
+from .embedder import Embedder
+from .errors import Failure, OptionError
+from .images.preprocess import DEFAULT_MODE
 from .inputs import canonical_path, expand, file_stat
 from .models.registry import DEFAULT_MODEL
-from .pipeline import DEFAULT_ITEM_TIMEOUT, Timings, embed_stream, plan_threads
+from .pipeline import DEFAULT_ITEM_TIMEOUT, Batch, Timings, plan_threads, stream
 from .store import OutputStore, RunCounts
+
+
+def embed_stream(
+    model: Embedder | str | os.PathLike[str],
+    inputs: Iterable[Any],
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    window: int | None = None,
+    item_timeout: float = DEFAULT_ITEM_TIMEOUT,
+    timings: Timings | None = None,
+    **embedder_options: Any,
+) -> Iterator[Batch]:
+    """Embed a (possibly huge, possibly lazy) iterable of images; yields
+    :class:`~imgbeddings.pipeline.Batch` objects in input order as soon as each is ready.
+
+    Args:
+        model: an :class:`Embedder`, or a model name/repo/path to build one (then
+            ``embedder_options`` go to it and its threads follow :func:`plan_threads`).
+        inputs: paths (decoded in worker processes) or any other accepted input (decoded in a
+            thread of this process).
+        batch_size: inputs per batch (default: the embedder's).
+        workers: decode worker processes (default from :func:`plan_threads`; 0 = no processes).
+        window: most inputs in flight at once (default ``3 * batch_size``): bounds memory.
+        item_timeout: seconds before a hung decode is abandoned (its worker is replaced).
+        timings: a :class:`~imgbeddings.pipeline.Timings` to accumulate the time split into.
+
+    Bad inputs never stop the stream: they come back as failures in their batch.
+    """
+    plan = plan_threads(workers, embedder_options.pop("threads", None))
+    if not isinstance(model, Embedder):
+        embedder_options.setdefault("spin", plan.workers == 0)
+        model = Embedder(model, threads=plan.threads, **embedder_options)
+    return stream(
+        model,
+        inputs,
+        backend="processes",
+        workers=plan.workers,
+        batch_size=batch_size,
+        window=window,
+        item_timeout=item_timeout,
+        timings=timings,
+    )
 
 
 @dataclass
@@ -37,9 +84,10 @@ class JobResult:
     threads: int = 0
 
     @property
-    def images_per_second(self) -> float:
+    def images_per_second(self) -> float | None:
+        """Inputs processed (embedded or failed) per second; None when nothing was processed."""
         done = self.counts.embedded + self.counts.failed
-        return done / self.seconds if self.seconds > 0 else 0.0
+        return done / self.seconds if done and self.seconds > 0 else None
 
 
 def plan_work(
@@ -73,7 +121,7 @@ def embed_files(
     output: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | Embedder = DEFAULT_MODEL,
-    mode: str = "fast",
+    mode: str = DEFAULT_MODE,
     batch_size: int = 32,
     workers: int | None = None,
     threads: int | None = None,
@@ -85,7 +133,7 @@ def embed_files(
     item_timeout: float = DEFAULT_ITEM_TIMEOUT,
     stdin: Any = None,
     on_start: Callable[[int, int], None] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, list[Failure]], None] | None = None,
     **embedder_options: Any,
 ) -> JobResult:
     """Embed files into a resumable Parquet output folder (see :mod:`imgbeddings.store`).
@@ -94,7 +142,7 @@ def embed_files(
         paths: files, folders, ``.txt`` lists of paths, or ``-`` for standard input.
         output: the output folder (created; an existing one is resumed/extended).
         model: model name, hub repo, local file, or a ready :class:`Embedder`.
-        mode: ``fast`` (default for collections: reduced-scale JPEG decoding) or ``exact``.
+        mode: ``fast`` (default) or ``exact`` preprocessing (ignored for a ready Embedder).
         workers, threads: decode worker processes and ONNX Runtime threads
             (default: :func:`~imgbeddings.pipeline.plan_threads`).
         strict: stop at the first bad input (rows of the inputs before it are written) by
@@ -102,8 +150,17 @@ def embed_files(
         retry_failed: embed again files that failed in an earlier run, though unchanged.
         shard_size: rows per Parquet shard (the most work a kill can lose).
         npy: also write ``embeddings.npy`` + ``paths.txt`` at the end.
-        on_start(total_to_embed, skipped), on_batch(done, failed_in_batch): progress hooks.
+        on_start(total_to_embed, skipped), on_batch(inputs_done, failures_in_batch): progress hooks.
+        embedder_options: more :class:`Embedder` options (``normalize``, ``pca``, ``preprocess``, ...).
+
+    An output records everything that changes its vectors (:meth:`Embedder.identity`) and
+    refuses a run that would make them otherwise (:class:`~imgbeddings.errors.ModelMismatch`).
+    A run that fails before writing anything leaves no output folder behind.
     """
+    if batch_size < 1:
+        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_size < 1:
+        raise OptionError(f"shard_size must be >= 1, got {shard_size}")
     started = time.perf_counter()
     plan = plan_threads(workers, threads)
     if isinstance(model, Embedder):
@@ -111,43 +168,48 @@ def embed_files(
     else:
         embedder_options.setdefault("spin", plan.workers == 0)
         embedder = Embedder(model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options)
-    store = OutputStore(output, embedder.card, embedder.mode, shard_size=shard_size)
-    todo, skipped = plan_work(paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin)
-    store.counts.skipped = skipped
-    if on_start:
-        on_start(len(todo), skipped)
+    out = Path(output)
+    created = not out.exists()
+    store = OutputStore(out, embedder.identity(), embedder.card, shard_size=shard_size)
     timings = Timings()
     failures: list[Failure] = []
     try:
-        stream = embed_stream(
+        todo, skipped = plan_work(paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin)
+        store.counts.skipped = skipped
+        if on_start:
+            on_start(len(todo), skipped)
+        batches = stream(
             embedder,
             (p for p, _, _ in todo),
-            batch_size=batch_size,
+            backend="processes",
             workers=plan.workers,
+            batch_size=batch_size,
             item_timeout=item_timeout,
             timings=timings,
         )
-        for batch in stream:
+        for batch in batches:
             bad = {f.index: f for f in batch.failures}
             for offset in range(len(batch)):
                 index = batch.start + offset
                 path, size, mtime = todo[index]
-                if index in bad:
-                    failure = bad[index]
-                    if strict:
-                        stream.close()
-                        cls = getattr(errors, failure.error, errors.InputError)
-                        if not (isinstance(cls, type) and issubclass(cls, errors.InputError)):
-                            cls = errors.InputError
-                        raise cls(path, failure.message, index)
+                failure = bad.get(index)
+                if failure is None:
+                    store.add(path, size, mtime, batch.vectors[offset])
+                elif strict:
+                    batches.close()
+                    raise failure.to_error()
+                else:
                     failures.append(failure)
                     store.add(path, size, mtime, None, failure.error, failure.message)
-                else:
-                    store.add(path, size, mtime, batch.vectors[offset])
             if on_batch:
-                on_batch(len(batch), len(bad))
-    finally:
-        counts = store.close(npy=npy)
+                on_batch(len(batch), list(bad.values()))
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep the rows of the inputs done so far
+            store.close()
+        if created and not store.shards():  # nothing was written: leave no half-made folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    counts = store.close(npy=npy)
     return JobResult(
-        Path(output), counts, time.perf_counter() - started, timings, failures, plan.workers, plan.threads
+        out, counts, time.perf_counter() - started, timings, failures, plan.workers, plan.threads
     )

@@ -46,6 +46,26 @@ class PCAModel:
             return None
         return float(np.sum(self.explained_variance_ratio))
 
+    def __repr__(self) -> str:
+        explained = self.total_explained_variance
+        shown = "None" if explained is None else f"{explained:.2f}"
+        return (
+            f"PCAModel(in_dim={self.in_dim}, out_dim={self.out_dim}, whiten={self.whiten}, explained={shown})"
+        )
+
+    def fingerprint(self) -> str:
+        """A short hash of the arrays that define the projection (outputs record it: vectors
+        projected by different PCAs are not comparable)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for arr in (self.mean, self.components):
+            a = np.ascontiguousarray(arr, dtype=np.float32)
+            h.update(str(a.shape).encode() + a.tobytes())
+        if self.whiten and self.explained_variance is not None:
+            h.update(b"whiten" + np.ascontiguousarray(self.explained_variance, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
     # sklearn-compatible names, for code written against the original package's PCA object
     mean_ = property(lambda self: self.mean)
     components_ = property(lambda self: self.components)

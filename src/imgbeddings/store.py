@@ -2,7 +2,8 @@
 
 An output folder::
 
-    OUT/imgbeddings.json     manifest: model card, its fingerprint, preprocessing mode, dim
+    OUT/imgbeddings.json     manifest: what made the vectors (model card, mode, normalisation,
+                             PCA: ``Embedder.identity()``), its fingerprint, dim
     OUT/part-000000.parquet  shards, each written to a temporary name and renamed atomically
     OUT/part-000001.parquet  ...
     OUT/failures.parquet     all failures of the job (rebuilt at the end of each run)
@@ -11,7 +12,7 @@ An output folder::
 
 Each shard row: ``path`` (absolute), ``size`` (bytes), ``mtime_ns``, ``embedding``
 (``fixed_size_list<float32>[D]``, null for a failure), ``error`` and ``message`` (null for a
-success). Shard metadata carries the card fingerprint. A path has at most one row: when a file
+success). Shard metadata carries the output's fingerprint. A path has at most one row: when a file
 changed and is embedded again, the older shard is rewritten without its old row (and a run
 that was killed in between repairs that on its next start).
 
@@ -32,11 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelMismatch, OutputError
+from .errors import Failure, ModelMismatch, OutputError
 from .models.cards import ModelCard
 
 MANIFEST = "imgbeddings.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: How each part of an output's identity is named when a run's differs from the output's.
+_IDENTITY_WORDS = {
+    "card": "model",
+    "model": "model",
+    "mode": "preprocessing mode (--fast/--exact, mode=)",
+    "normalize": "L2 normalisation (--normalize, normalize=)",
+    "pca": "PCA (--pca, pca=)",
+    "dim": "vector width",
+}
 _SHARD_GLOB = "part-*.parquet"
 
 
@@ -109,25 +119,80 @@ class RunCounts:
     shards_written: int = 0
 
 
-class OutputStore:
-    """An output folder opened for a job with one model and preprocessing mode.
+def _identity_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The identity recorded in a manifest (format 1 outputs knew only the card and mode)."""
+    if "identity" in manifest:
+        return dict(manifest["identity"])
+    return {
+        "model": manifest.get("model"),
+        "card": manifest.get("fingerprint"),
+        "mode": manifest.get("mode"),
+        "normalize": False,
+        "pca": None,
+        "dim": manifest.get("dim"),
+    }
 
-    Raises :class:`ModelMismatch` when the folder holds vectors of another model (card
-    fingerprint) or mode: appending would mix incomparable vectors.
+
+def _fingerprint(identity: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe_mismatch(out_dir: Path, theirs: dict[str, Any], mine: dict[str, Any]) -> str:
+    """One message naming each way the output's vectors and this run's would differ."""
+
+    def show(key: str, value: Any) -> str:
+        if key == "card":
+            return f"card {value}"
+        if key == "pca":
+            return f"PCA {value}" if value else "no PCA"
+        if key == "normalize":
+            return "L2-normalised" if value else "not normalised"
+        return f"{value!r}" if key == "model" else f"{key} {value}"
+
+    keys = [k for k in ("model", "card", "mode", "normalize", "pca", "dim") if theirs.get(k) != mine.get(k)]
+    if "model" in keys and "card" in keys:
+        keys.remove("card")
+    parts = [
+        f"{_IDENTITY_WORDS[k]}: the output has {show(k, theirs.get(k))}, this run {show(k, mine.get(k))}"
+        for k in keys
+    ]
+    return (
+        f"{out_dir} holds vectors made differently from this run's, so they are not comparable ("
+        + "; ".join(parts)
+        + "). Use another output folder, or the settings the output was made with."
+    )
+
+
+class OutputStore:
+    """An output folder opened for a job whose vectors have one identity
+    (:meth:`Embedder.identity`: model card, mode, normalisation, PCA, width).
+
+    Raises :class:`ModelMismatch`, naming what differs, when the folder holds vectors made
+    otherwise: appending would mix incomparable vectors.
     """
 
     def __init__(
-        self, out_dir: str | os.PathLike[str], card: ModelCard, mode: str, *, shard_size: int = 4096
+        self,
+        out_dir: str | os.PathLike[str],
+        identity: dict[str, Any],
+        card: ModelCard,
+        *,
+        shard_size: int = 4096,
     ) -> None:
         self.dir = Path(out_dir)
+        self.identity = dict(identity)
         self.card = card
-        self.mode = mode
-        self.dim = card.output.dim
+        self.dim = int(identity["dim"])
         self.shard_size = shard_size
-        self.fingerprint = card.fingerprint()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not self.dir.is_dir():
-            raise OutputError(f"{self.dir} is not a folder")
+        self.fingerprint = _fingerprint(self.identity)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise OutputError(f"{self.dir} exists and is not a folder: give a folder for the output")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {self.dir}: {exc.strerror or exc}") from exc
         self._check_manifest()
         for leftover in self.dir.glob(".*.tmp"):  # an interrupted write: never part of the output
             leftover.unlink(missing_ok=True)
@@ -145,9 +210,10 @@ class OutputStore:
         mine = {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
-            "mode": self.mode,
-            "dim": self.dim,
+            "identity": self.identity,
             "model": self.card.name,
+            "mode": self.identity.get("mode"),
+            "dim": self.dim,
             "card": self.card.to_dict(),
         }
         if path.is_file():
@@ -157,14 +223,8 @@ class OutputStore:
                 raise OutputError(
                     f"{path} is unreadable ({exc}); is {self.dir} an imgbeddings output?"
                 ) from exc
-            if theirs.get("fingerprint") != self.fingerprint or theirs.get("mode") != self.mode:
-                raise ModelMismatch(
-                    f"{self.dir} holds vectors of model {theirs.get('model')!r} (fingerprint "
-                    f"{theirs.get('fingerprint')}, mode {theirs.get('mode')}); this run uses "
-                    f"{self.card.name!r} (fingerprint {self.fingerprint}, mode {self.mode}). Vectors of "
-                    "different models or modes are not comparable: use another --output folder, or the "
-                    "same model and mode."
-                )
+            if _identity_of(theirs) != self.identity:
+                raise ModelMismatch(describe_mismatch(self.dir, _identity_of(theirs), self.identity))
             return
         if any(self.dir.glob(_SHARD_GLOB)):
             raise OutputError(f"{self.dir} has shards but no {MANIFEST}: not written by this tool?")
@@ -255,7 +315,7 @@ class OutputStore:
         )
         metadata = {
             "imgbeddings.fingerprint": self.fingerprint,
-            "imgbeddings.mode": self.mode,
+            "imgbeddings.mode": str(self.identity.get("mode")),
             "imgbeddings.model": self.card.name,
         }
         table = pa.table(
@@ -322,11 +382,12 @@ def _write_npy(out: Path, count: int, dim: int) -> None:
 
 @dataclass
 class Embeddings:
-    """A loaded output: ``paths[i]`` has vector ``vectors[i]``; failures listed apart."""
+    """A loaded output: ``paths[i]`` has vector ``vectors[i]``; failures listed apart, as the
+    same :class:`~imgbeddings.errors.Failure` records the run returned (``index`` is None)."""
 
     paths: list[str]
     vectors: np.ndarray
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -357,7 +418,7 @@ def _latest_rows(out: Path) -> dict[str, tuple[int, str | None, str | None]]:
 
 def summarize(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Counts of an output folder without loading its vectors: manifest, shards, vectors,
-    failures (the rows of ``failures.parquet`` as dicts)."""
+    failures (:class:`~imgbeddings.errors.Failure` records)."""
     import pyarrow.parquet as pq
 
     out = Path(out_dir)
@@ -365,7 +426,8 @@ def summarize(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     shards = sorted(out.glob(_SHARD_GLOB))
     rows = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
     failures_file = out / "failures.parquet"
-    failures = pq.read_table(failures_file).to_pylist() if failures_file.is_file() else []
+    rows_of = pq.read_table(failures_file).to_pylist() if failures_file.is_file() else []
+    failures = [Failure(None, r["path"], r["error"], r["message"]) for r in rows_of]
     return {
         "manifest": manifest,
         "shards": len(shards),
@@ -406,7 +468,7 @@ def load(out_dir: str | os.PathLike[str], *, use_npy: bool = True) -> Embeddings
     out = Path(out_dir)
     manifest = read_manifest(out)
     latest = _latest_rows(out)
-    failures = [{"path": p, "error": e, "message": m} for p, (_, e, m) in latest.items() if e is not None]
+    failures = [Failure(None, p, e, m) for p, (_, e, m) in latest.items() if e is not None]
     good = len(latest) - len(failures)
     npy, listed = out / "embeddings.npy", out / "paths.txt"
     if use_npy and npy.is_file() and listed.is_file():

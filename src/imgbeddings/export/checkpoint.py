@@ -7,15 +7,23 @@ Only this subpackage imports torch/transformers (the ``[export]`` extra).
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import settings
 from ..errors import ExportError, UnsupportedArchitecture
+
+logger = logging.getLogger("imgbeddings.export")
 
 KINDS = ("projection", "legacy", "pooled")
 OUTPUT_NAMES = {"projection": "image_embeds", "legacy": "embeddings", "pooled": "pooler_output"}
+# What a Hub checkpoint download fetches (see ``download``): configs, then one kind of weights.
+CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json")
+SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")
+PICKLES = ("*.bin", "*.bin.index.json")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # 'name' or 'org/name'
 # model_type in config.json -> family
 FAMILIES = {
     "clip": "clip",
@@ -41,7 +49,8 @@ def require_torch() -> Any:
 
 @dataclass
 class Source:
-    """A checkpoint: where it is, its config dict, family and (for hub ids) resolved revision."""
+    """A checkpoint: where it is, its config dict, family and revision (for Hub ids the commit
+    the revision resolved to; for a local folder the revision the caller named, if any)."""
 
     name: str
     path: Path
@@ -51,32 +60,20 @@ class Source:
 
 
 def locate(src: str | Path, revision: str | None = None) -> Source:
-    """Find the checkpoint folder (local, or downloaded from the Hub) and read its config."""
+    """Find the checkpoint folder (local, or downloaded from the Hub) and read its config.
+
+    Raises:
+        ExportError: a path that is no folder, or a folder without ``config.json``.
+        UnsupportedArchitecture: a ``model_type`` the exporter does not handle.
+        ModelUnavailable: a Hub checkpoint that cannot be downloaded (see :mod:`imgbeddings.hub`).
+    """
     path = Path(src).expanduser()
     resolved_revision = None
     text = str(src)
-    if not path.is_dir() and (path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1):
-        raise ExportError(f"{src}: no such checkpoint folder")
+    if not path.is_dir() and (path.is_absolute() or not _REPO_ID.fullmatch(text)):
+        raise ExportError(f"{src}: no such checkpoint folder (nor a Hugging Face repo id, org/name)")
     if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError as exc:  # pragma: no cover - huggingface_hub is a core dependency
-            raise ExportError(f"{src} is not a local folder") from exc
-        try:
-            path = Path(
-                snapshot_download(
-                    str(src),
-                    revision=revision,
-                    endpoint=settings.hub_endpoint(),
-                    local_files_only=settings.is_offline(),
-                    allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"],
-                )
-            )
-        except Exception as exc:
-            raise ExportError(
-                f"cannot get checkpoint {src!r}: it is not a local folder and the Hub download "
-                f"failed ({type(exc).__name__}: {exc})"
-            ) from exc
+        path = download(text, revision)
         resolved_revision = path.name  # snapshot folders are named by commit hash
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -91,7 +88,21 @@ def locate(src: str | Path, revision: str | None = None) -> Source:
             "siglip_vision_model). SigLIP 2 NaFlex (siglip2) takes variable-size patch inputs "
             "and is not supported; use its fixed-resolution checkpoints."
         )
-    return Source(str(src), path, config, family, revision or resolved_revision)
+    return Source(str(src), path, config, family, resolved_revision or revision)
+
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """The snapshot folder of Hub checkpoint ``repo_id`` with what the exporter reads: the configs and
+    the weights, ``*.safetensors`` when the repo has them, else the PyTorch ``*.bin`` files (never
+    both, nor the TensorFlow/Flax weights or the tokenizer)."""
+    from .. import hub
+
+    logger.info("getting %s from the Hugging Face Hub", repo_id)
+    folder = hub.download_checkpoint(repo_id, revision=revision, allow_patterns=[*CONFIG_FILES, *SAFETENSORS])
+    if not any(folder.glob("*.safetensors")):  # an older repo: PyTorch pickles only
+        commit = folder.name  # the same commit, even if the branch moves meanwhile
+        folder = hub.download_checkpoint(repo_id, revision=commit, allow_patterns=[*CONFIG_FILES, *PICKLES])
+    return folder
 
 
 def vision_config(source: Source) -> dict[str, Any]:

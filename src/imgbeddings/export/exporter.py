@@ -12,6 +12,7 @@ Output folder::
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ import numpy as np
 
 from ..errors import AccuracyGateFailed, ExportError
 from ..images.preprocess import Preprocessor
-from ..models.cards import FileSpec, ModelCard, OutputSpec, PreprocessSpec, SourceSpec, card_path_for
+from ..models.cards import FileSpec, ModelCard, OutputSpec, SourceSpec, card_path_for
 from . import checkpoint as tm
+from .processor_config import preprocess_spec
 from .quantize import RECIPES, quantize
 from .samples import varied_images
 from .verify import agreement, run_onnx, run_torch
@@ -31,7 +33,7 @@ from .verify import agreement, run_onnx, run_torch
 DEFAULT_OPSET = 20  # the newest the TorchScript exporter writes; ONNX Runtime >= 1.17 reads it
 MIN_FP32_COSINE = 0.99999
 MIN_INT8_COSINE = 0.99
-_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+logger = logging.getLogger("imgbeddings.export")  # progress lines, at INFO
 
 
 @dataclass
@@ -50,44 +52,6 @@ def _architecture(source: tm.Source) -> str:
     width = vc.get("hidden_size", 768)
     size = {768: "B", 1024: "L", 1152: "So400m", 1280: "H", 512: "S", 384: "S"}.get(width, f"w{width}")
     return f"ViT-{size}/{vc.get('patch_size', '?')}"
-
-
-def preprocess_spec(source: tm.Source, kind: str, resize_mode: str | None) -> PreprocessSpec:
-    """The card's preprocessing, read from the checkpoint's ``preprocessor_config.json``.
-
-    Geometry defaults: ``pad`` for ``legacy`` (the original imgbeddings), otherwise what the
-    checkpoint's own processor does (``crop`` for CLIP, ``squash`` for SigLIP).
-    """
-    image_size = int(tm.vision_config(source).get("image_size", 224))
-    cfg_file = source.path / "preprocessor_config.json"
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-    if not cfg:
-        raise ExportError(
-            f"{source.name} has no preprocessor_config.json: the image size, mean and std cannot be known"
-        )
-    if resize_mode is None:
-        if kind == "legacy":
-            resize_mode = "pad"
-        elif cfg.get("do_center_crop"):
-            resize_mode = "crop"
-        else:
-            resize_mode = "squash"
-    mean, std = cfg.get("image_mean"), cfg.get("image_std")
-    if mean is None or std is None:
-        raise ExportError(f"{cfg_file} has no image_mean/image_std")
-    crop = cfg.get("crop_size") or {}
-    size = cfg.get("size") or {}
-    declared = crop.get("height") if resize_mode == "crop" else size.get("height", size.get("shortest_edge"))
-    if declared is not None and int(declared) != image_size:
-        raise ExportError(f"{cfg_file} says images are {declared} px, the model's config says {image_size}")
-    return PreprocessSpec(
-        size=image_size,
-        resize_mode=resize_mode,
-        interpolation=_RESAMPLE_NAMES.get(int(cfg.get("resample", 3)), "bicubic"),
-        rescale=float(cfg.get("rescale_factor", 1 / 255)),
-        mean=tuple(mean),
-        std=tuple(std),
-    )
 
 
 def _write_card(onnx_path: Path, base: ModelCard, precision: str, description: str) -> ModelCard:
@@ -121,7 +85,6 @@ def export_model(
     min_fp32_cosine: float = MIN_FP32_COSINE,
     min_int8_cosine: float = MIN_INT8_COSINE,
     verify_images: int = 16,
-    log: Any = print,
 ) -> ExportResult:
     """Export a checkpoint's vision tower to ONNX, quantise it, verify it and write cards.
 
@@ -138,10 +101,12 @@ def export_model(
         min_fp32_cosine, min_int8_cosine: accuracy gates; below them the export fails with
             :class:`AccuracyGateFailed` (files are left in place for inspection).
         verify_images: how many generated images the accuracy checks use.
-        log: where progress lines go (``print`` by default; the CLI passes its console).
+
+    Progress lines are logged at INFO on the ``imgbeddings.export`` logger (nothing is printed).
 
     Raises:
-        UnsupportedArchitecture, ExportError, AccuracyGateFailed.
+        UnsupportedArchitecture, ExportError, AccuracyGateFailed; ModelUnavailable when a Hub
+            checkpoint cannot be downloaded.
     """
     if kind not in tm.KINDS:
         raise ExportError(f"kind must be one of {tm.KINDS}, got {kind!r}")
@@ -152,18 +117,18 @@ def export_model(
     tm.require_torch()
     started = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = tm.locate(src, revision)
     if kind == "legacy" and legacy_layers is None:
         vc = tm.vision_config(source)
         legacy_layers = min(6 if vc.get("patch_size") == 32 else 1, int(vc.get("num_hidden_layers", 12)))
-    log(f"loading {source.name} ({source.family}, {_architecture(source)}) as kind={kind}")
+    logger.info("loading %s (%s, %s) as kind=%s", source.name, source.family, _architecture(source), kind)
+    spec = preprocess_spec(source, kind, resize_mode)  # before loading: a bad config fails fast
     model = tm.load_vision_model(source, kind)
     module = tm.wrap(model, source, kind, legacy_layers)
-    spec = preprocess_spec(source, kind, resize_mode)
 
+    out.mkdir(parents=True, exist_ok=True)
     fp32_path = out / ("model_fp32.onnx" if quantize_recipe else "model.onnx")
-    log(f"exporting float32 ONNX (opset {opset}) -> {fp32_path}")
+    logger.info("exporting float32 ONNX (opset %d) -> %s", opset, fp32_path)
     tm.export_onnx(module, fp32_path, image_size=spec.size, output_name=tm.OUTPUT_NAMES[kind], opset=opset)
 
     # Accuracy: our own preprocessing of varied images, then PyTorch vs ONNX on the same tensors.
@@ -172,7 +137,7 @@ def export_model(
     fp32_out = run_onnx(fp32_path, pixels)
     dim = int(fp32_out.shape[1])
     fp32_vs_torch = agreement(fp32_out, reference)
-    log(f"fp32 ONNX vs PyTorch: min cosine {fp32_vs_torch.min:.7f}, mean {fp32_vs_torch.mean:.7f}")
+    logger.info("fp32 ONNX vs PyTorch: min cosine %.7f, mean %.7f", fp32_vs_torch.min, fp32_vs_torch.mean)
 
     base = ModelCard(
         name=name or f"{Path(str(source.name).rstrip('/')).name}-{kind}",
@@ -207,11 +172,11 @@ def export_model(
         )
     if quantize_recipe:
         int8_path = out / "model.onnx"
-        log(f"quantising ({quantize_recipe}) -> {int8_path}")
+        logger.info("quantising (%s) -> %s", quantize_recipe, int8_path)
         quantize(fp32_path, int8_path, quantize_recipe)
         int8_vs_fp32 = agreement(run_onnx(int8_path, pixels), fp32_out)
         report["int8_vs_fp32"] = int8_vs_fp32.to_dict()
-        log(f"INT8 vs fp32: min cosine {int8_vs_fp32.min:.5f}, mean {int8_vs_fp32.mean:.5f}")
+        logger.info("INT8 vs fp32: min cosine %.5f, mean %.5f", int8_vs_fp32.min, int8_vs_fp32.mean)
         result.card = _write_card(
             int8_path, base, quantize_recipe, f"{base.architecture} {what}; {quantize_recipe}."
         )
@@ -225,7 +190,7 @@ def export_model(
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["card_fingerprint"] = result.card.fingerprint()
     _save_report(out, report)
-    log(f"done in {report['seconds']} s: {result.model_path} ({dim}-d)")
+    logger.info("done in %s s: %s (%d-d)", report["seconds"], result.model_path, dim)
     return result
 
 

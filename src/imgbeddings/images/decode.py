@@ -11,32 +11,61 @@ What real files contain is handled explicitly:
 - palette, CMYK, YCbCr, LAB, 1-bit images are converted to RGB;
 - 16-bit and 32-bit greyscale are scaled to 8 bits (not clipped to white);
 - animated images give their first frame;
-- images over ``max_pixels`` are refused before decoding (decompression-bomb guard).
+- images over ``max_pixels`` are refused before decoding (decompression-bomb guard). Pillow's
+  own ``DecompressionBombWarning`` (raised from ~89 MP, half our default limit) is silenced
+  for images this limit governs, inside this module only: the program's warning filters are
+  left as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import stat
-from typing import Any, BinaryIO, Union
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ImageDecodeError, ImageNotFound, ImageTooLarge, InputError, describe
 
-ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
-
 #: Default pixel limit: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``), ~179 MP.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 
+# ``warnings.catch_warnings`` swaps the process-wide filter list, so two decode threads
+# entering and leaving it out of order could leave our filter installed for good. The lock
+# keeps those swaps nested; it is held only while a header is read (cheap), or while an image
+# larger than Pillow's own warning threshold is decoded (rare, and huge: better one at a time).
+_BOMB_WARNING_LOCK = threading.Lock()
 
-def _open(item: Any, source: str) -> Image.Image:
-    """Open (lazily) whatever ``item`` is; raises InputError subclasses."""
+
+@contextlib.contextmanager
+def _no_bomb_warning(active: bool = True) -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning inside the block (when ``active``): the
+    caller applies its own ``max_pixels`` limit instead. Other warnings pass as usual."""
+    if not active:
+        yield
+        return
+    with _BOMB_WARNING_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _over_pillow_threshold(img: Image.Image) -> bool:
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and img.size[0] * img.size[1] > limit
+
+
+def _open(item: Any, source: str, quiet: bool = False) -> Image.Image:
+    """Open (lazily) whatever ``item`` is; raises InputError subclasses. ``quiet``: no
+    DecompressionBombWarning (the caller checks the size itself)."""
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.exists(path):
@@ -56,13 +85,16 @@ def _open(item: Any, source: str) -> Image.Image:
             raise ImageDecodeError(source, f"cannot read file: {exc.strerror or exc}") from exc
         if not data:
             raise ImageDecodeError(source, "empty file (0 bytes)")
-        return Image.open(io.BytesIO(data))
+        with _no_bomb_warning(quiet):
+            return Image.open(io.BytesIO(data))
     if isinstance(item, (bytes, bytearray, memoryview)):
         if len(item) == 0:
             raise ImageDecodeError(source, "empty data (0 bytes)")
-        return Image.open(io.BytesIO(bytes(item)))
+        with _no_bomb_warning(quiet):
+            return Image.open(io.BytesIO(bytes(item)))
     if hasattr(item, "read"):
-        return Image.open(item)
+        with _no_bomb_warning(quiet):
+            return Image.open(item)
     raise InputError(
         source,
         f"unsupported input type {type(item).__name__}; expected a path, bytes, a binary file, "
@@ -149,7 +181,8 @@ def load_image(
 
     Args:
         item: a path, bytes, binary file object, PIL image or uint8 NumPy array.
-        max_pixels: refuse images with more pixels than this (None: no limit beyond Pillow's).
+        max_pixels: refuse images with more pixels than this (None: no limit beyond Pillow's,
+            whose DecompressionBombWarning then reaches the caller as Pillow issues it).
         alpha_background: colour that transparent pixels are composited onto.
         exif_transpose: apply the EXIF orientation tag.
         draft_long_side: if set, JPEGs may be decoded at a reduced scale (libjpeg's DCT
@@ -163,17 +196,19 @@ def load_image(
         InputError: unsupported input type or array layout.
     """
     source = describe(item)
+    quiet = max_pixels is not None  # our own limit governs; Pillow's warning would be noise
     try:
         if isinstance(item, np.ndarray):
             img = _from_array(item, source)
         elif isinstance(item, Image.Image):
             img = item
         else:
-            img = _open(item, source)
+            img = _open(item, source, quiet)
         _check_pixels(img, max_pixels, source)
         if draft_long_side and not isinstance(item, Image.Image):
             _apply_draft(img, draft_long_side)
-        img.load()
+        with _no_bomb_warning(quiet and _over_pillow_threshold(img)):
+            img.load()
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
         return to_rgb(img, alpha_background)

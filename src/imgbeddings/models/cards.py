@@ -34,8 +34,9 @@ from ..errors import CardError
 SCHEMA_VERSION = 1
 CARD_SUFFIX = ".card.json"
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The card every file in the original imgbeddings layout gets (``original_format_card``): the
+#: only place that holds the original release's preprocessing values.
+ORIGINAL_FORMAT_TEMPLATE = "original_format.template.json"
 
 RESIZE_MODES = ("pad", "crop", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
@@ -88,14 +89,14 @@ class PreprocessSpec:
     ignoring the aspect ratio (SigLIP).
     """
 
-    size: int = 224
-    resize_mode: str = "pad"
-    interpolation: str = "bicubic"
+    size: int
+    resize_mode: str
+    interpolation: str
+    rescale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     pad_color: tuple[int, int, int] = (0, 0, 0)
     alpha_background: tuple[int, int, int] = (255, 255, 255)
-    rescale: float = 1 / 255
-    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    std: tuple[float, float, float] = OPENAI_CLIP_STD
     exif_transpose: bool = True
 
     def __post_init__(self) -> None:
@@ -282,7 +283,7 @@ def card_path_for(onnx_path: str | Path) -> Path:
     return onnx_path.with_name(onnx_path.stem + CARD_SUFFIX)
 
 
-def legacy_card(
+def original_format_card(
     dim: int,
     filename: str,
     *,
@@ -291,18 +292,22 @@ def legacy_card(
     checkpoint: str | None = None,
     sha256: str | None = None,
 ) -> ModelCard:
-    """The card of an original-imgbeddings style model (``pixel_values`` -> ``embeddings``)."""
-    arch = {768: "ViT-B", 1024: "ViT-L"}.get(dim, f"ViT (hidden {dim})")
-    return ModelCard(
-        name=name or Path(filename).stem,
-        family="clip",
-        architecture=arch,
-        preprocess=PreprocessSpec(),
-        output=OutputSpec(dim=dim, kind="legacy", name="embeddings", legacy_layers=layers),
-        file=FileSpec(filename=filename, sha256=sha256),
-        source=SourceSpec(checkpoint=checkpoint),
-        description="Original imgbeddings format: attention-weighted pooling of the last hidden states.",
-    )
+    """The card of a file in the original imgbeddings layout (``pixel_values`` -> ``embeddings``):
+    the template card (``models/builtin/original_format.template.json``) with this file's facts."""
+    from importlib import resources
+
+    template = resources.files("imgbeddings.models") / "builtin" / ORIGINAL_FORMAT_TEMPLATE
+    data = json.loads(template.read_text(encoding="utf-8"))
+    data["name"] = name or Path(filename).stem
+    data["output"].update(dim=dim, legacy_layers=layers)
+    data["file"] = {"filename": filename, "sha256": sha256}
+    data["source"] = {"checkpoint": checkpoint, "revision": None}
+    return ModelCard.from_dict(data, origin=ORIGINAL_FORMAT_TEMPLATE)
+
+
+def original_format_preprocess(**overrides: Any) -> PreprocessSpec:
+    """The original layout's preprocessing (from the template card), with ``overrides``."""
+    return replace(original_format_card(1, "model.onnx").preprocess, **overrides)
 
 
 def infer_card(
@@ -311,9 +316,10 @@ def infer_card(
     """Infer a card for a bare ONNX file from its graph's inputs and outputs.
 
     Only the original imgbeddings layout is unambiguous: one input ``pixel_values``
-    ``[N, 3, 224, 224]`` and an output ``embeddings`` ``[N, D]``; it gets the legacy card
-    (pad to square, OpenAI CLIP mean/std). Anything else raises :class:`CardError` that says
-    how to write a card, since guessing the preprocessing would silently give wrong vectors.
+    ``[N, 3, 224, 224]`` and an output ``embeddings`` ``[N, D]``; it gets the template card of
+    that layout (:func:`original_format_card`: pad to square, OpenAI CLIP mean/std). Anything
+    else raises :class:`CardError` that says how to write a card, since guessing the
+    preprocessing would silently give wrong vectors.
     """
     onnx_path = Path(onnx_path)
     names_in = [n for n, _ in inputs]
@@ -337,4 +343,4 @@ def infer_card(
     dim = out_shape[-1] if out_shape else None
     if len(out_shape) != 2 or not isinstance(dim, int):
         raise CardError(f"{onnx_path}: output 'embeddings' has shape {out_shape}, expected [N, D]. {how}")
-    return legacy_card(dim, onnx_path.name)
+    return original_format_card(dim, onnx_path.name)

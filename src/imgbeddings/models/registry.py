@@ -1,6 +1,8 @@
 """Which model a name means, and where its ONNX file and card are.
 
-``resolve`` accepts, in this order:
+:func:`resolve_model` is the one place that turns what a caller passes (name | repo | path |
+folder, plus an explicit card and preprocessing overrides) into an ONNX file and its final
+card. :func:`locate` finds the file; names are read in this order:
 
 1. a local path: an ``.onnx`` file (card beside it as ``<stem>.card.json``, or none), or a
    folder holding one ``*.card.json`` + its ``.onnx`` (what ``imgbeddings export`` writes);
@@ -20,21 +22,30 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .. import hub
-from ..errors import CardError, ModelCorrupted, ModelNotFound, ModelUnavailable
-from .cards import CARD_SUFFIX, ModelCard, card_path_for
+from ..errors import CardError, ModelCorrupted, ModelError, ModelNotFound, ModelUnavailable
+from .cards import CARD_SUFFIX, ModelCard, card_path_for, infer_card
 
 DEFAULT_MODEL = "patch32_v1"
 _REPO_RE = re.compile(r"^(?:hf-hub:)?([\w.\-]+/[\w.\-]+)(/[\w.\-/]+\.onnx)?(?:@([\w.\-/]+))?$")
 
 
 @dataclass(frozen=True)
-class ResolvedModel:
-    """A model located on disk. ``card`` is None for a bare ONNX file (the caller infers it)."""
+class LocatedModel:
+    """A model file on disk and the card found with it (None for a bare ONNX file)."""
 
     path: Path
     card: ModelCard | None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model file on disk and its final card (overrides applied, inferred if it had none)."""
+
+    path: Path
+    card: ModelCard
 
 
 @lru_cache(maxsize=1)
@@ -70,7 +81,7 @@ def verify_local(path: Path, card: ModelCard) -> None:
             raise ModelCorrupted(str(path), card.file.sha256, actual)
 
 
-def _resolve_local(path: Path) -> ResolvedModel:
+def _locate_local(path: Path) -> LocatedModel:
     if path.is_dir():
         cards = sorted(path.glob("*" + CARD_SUFFIX))
         if len(cards) > 1 and (path / ("model" + CARD_SUFFIX)).is_file():
@@ -93,17 +104,17 @@ def _resolve_local(path: Path) -> ResolvedModel:
         card = ModelCard.load(card_file) if card_file.is_file() else None
     if card is not None:
         verify_local(onnx_path, card)
-    return ResolvedModel(onnx_path, card)
+    return LocatedModel(onnx_path, card)
 
 
-def resolve(
+def locate(
     model: str | Path,
     *,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     offline: bool | None = None,
     force_download: bool = False,
-) -> ResolvedModel:
+) -> LocatedModel:
     """Locate ``model`` (path, built-in name or hub repo), downloading it if needed.
 
     Raises:
@@ -114,7 +125,7 @@ def resolve(
     """
     path = Path(model).expanduser()
     if path.exists():
-        return _resolve_local(path)
+        return _locate_local(path)
     name = str(model)
     card = _builtin(name)
     if card is not None:
@@ -129,7 +140,7 @@ def resolve(
             offline=offline,
             force_download=force_download,
         )
-        return ResolvedModel(file, card)
+        return LocatedModel(file, card)
     match = _REPO_RE.match(name)
     if match:
         repo_id, onnx_name, rev = match.group(1), match.group(2), match.group(3)
@@ -153,9 +164,68 @@ def resolve(
         file = hub.download_model_file(
             repo_id, onnx_name, sha256=card.file.sha256 if card else None, **kwargs
         )
-        return ResolvedModel(file, card)
+        return LocatedModel(file, card)
     raise ModelNotFound(
         f"no model {name!r}: it is not a local file or folder, not a built-in model "
         f"({', '.join(list_models())}), and not a Hugging Face repo id ('org/name' or "
         "'org/name/file.onnx'). Pass the path of a local .onnx file to use your own model."
     )
+
+
+def graph_signature(path: str | Path) -> tuple[list[tuple[str, list[Any]]], list[tuple[str, list[Any]]]]:
+    """The (name, shape) inputs and outputs of an ONNX file's graph (symbolic dims are strings),
+    read with the ``onnx`` package: no ONNX Runtime session needed."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError...
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
+
+    def dims(value: Any) -> list[Any]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = [(v.name, dims(v)) for v in proto.graph.input if v.name not in weights]
+    outputs = [(v.name, dims(v)) for v in proto.graph.output]
+    if any(isinstance(d, str) for _, shape in outputs for d in shape[1:]):
+        # The exporter left a width symbolic (a ReduceSum's output, say): infer it, as ONNX
+        # Runtime would when loading the file.
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+            outputs = [(v.name, dims(v)) for v in proto.graph.output]
+        except Exception:  # inference is best effort; the card check reports what stays unknown
+            pass
+    return inputs, outputs
+
+
+def resolve_model(
+    model: str | Path,
+    *,
+    card: ModelCard | str | Path | None = None,
+    preprocess: dict[str, Any] | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    force_download: bool = False,
+) -> ResolvedModel:
+    """``model`` (+ an explicit ``card`` and ``preprocess`` overrides) -> ONNX file + final card.
+
+    The card is, in order: ``card`` if given (a :class:`ModelCard` or a card file), the card found
+    with the model (beside the file, in its folder, built in, or in its hub repo), or inferred from
+    the graph of a bare file in the original layout (:func:`~imgbeddings.models.cards.infer_card`).
+    ``preprocess`` overrides then win over the card. Raises as :func:`locate`, and
+    :class:`CardError` for a bad card or override.
+    """
+    located = locate(
+        model, revision=revision, cache_dir=cache_dir, offline=offline, force_download=force_download
+    )
+    if card is not None:
+        final = card if isinstance(card, ModelCard) else ModelCard.load(card)
+    elif located.card is not None:
+        final = located.card
+    else:
+        final = infer_card(located.path, *graph_signature(located.path))
+    if preprocess:
+        final = final.with_preprocess(**preprocess)
+    return ResolvedModel(located.path, final)
