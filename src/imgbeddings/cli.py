@@ -292,6 +292,13 @@ def embed_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")
     ] = True,
+    int8_fastpath: Annotated[
+        bool,
+        typer.Option(
+            "--int8-fastpath/--no-int8-fastpath",
+            help="Run original-format INT8 files on the faster kernels (identical vectors).",
+        ),
+    ] = True,
 ) -> None:
     """Embed images into OUTPUT as resumable Parquet shards.
 
@@ -319,6 +326,7 @@ def embed_cmd(
             npy=fmt is OutputFormat.npy,
             normalize=normalize,
             pca=pca,
+            int8_fastpath=int8_fastpath,
             on_start=reporter.start,
             on_batch=reporter.batch,
         )

@@ -80,6 +80,9 @@ class Embedder:
         max_pixels: refuse larger images (decompression-bomb guard).
         card: a :class:`ModelCard` (or card JSON path) overriding the one found beside the model.
         preprocess: card preprocessing overrides, e.g. ``{"pad_color": (255, 255, 255)}``.
+        int8_fastpath: run original-format INT8 files (the built-in models) on ONNX Runtime's
+            faster kernels, with identical outputs (:mod:`imgbeddings.int8`; also
+            ``IMGBEDDINGS_INT8_FASTPATH=0``). ``emb.onnx.int8_rewrite`` says what was done.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Embedder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         card: ModelCard | str | Path | None = None,
         preprocess: dict[str, Any] | None = None,
+        int8_fastpath: bool = True,
     ) -> None:
         if batch_size < 1:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
@@ -123,6 +127,8 @@ class Embedder:
             gpu=gpu,
             provider=provider,
             spin=spin,
+            # only a file that may hold the original uint8 recipe can gain (card precision)
+            int8_fastpath=int8_fastpath and self.card.file.precision in (None, "int8-original"),
         )
         self._check_card()
         self.mode: Mode = mode

@@ -1,11 +1,11 @@
 """ONNX Runtime sessions: providers (with a clear fallback), threads, input/output names.
 
-The only module that imports onnxruntime.
+Every session that embeds images is created here (:class:`OnnxModel`); the exporter's
+quantiser and :mod:`imgbeddings.int8`'s checks use ONNX Runtime through it or its own API.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import settings
+from . import int8, settings
 from .errors import ModelError, ProviderError
-
-logger = logging.getLogger("imgbeddings")
+from .int8 import Int8Rewrite
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -74,7 +73,15 @@ def session_options(threads: int | None = None, spin: bool = True) -> ort.Sessio
 
 
 class OnnxModel:
-    """One ONNX Runtime session over an image model: ``run(pixels) -> vectors``."""
+    """One ONNX Runtime session over an image model: ``run(pixels) -> vectors``.
+
+    On the CPU, an original-format INT8 file (uint8 ``MatMulInteger`` weights, as the built-in
+    ``patch*_v1`` files) runs rewritten for ONNX Runtime's faster kernels with bit-identical
+    outputs (see :mod:`imgbeddings.int8`); ``int8_fastpath=False`` or
+    ``IMGBEDDINGS_INT8_FASTPATH=0`` turns that off. ``int8_rewrite`` says what happened:
+    None (nothing to rewrite, turned off, or not on this CPU), else an
+    :class:`~imgbeddings.int8.Int8Rewrite`.
+    """
 
     def __init__(
         self,
@@ -85,13 +92,23 @@ class OnnxModel:
         gpu: bool = False,
         provider: str | Sequence[str] | None = None,
         spin: bool = True,
+        int8_fastpath: bool = True,
     ) -> None:
         self.path = Path(path)
         providers = select_providers(gpu, provider)
+        options = session_options(threads, spin)
+
+        def open_session(model: str | bytes) -> ort.InferenceSession:
+            return ort.InferenceSession(model, options, providers=providers)
+
+        self.int8_rewrite: Int8Rewrite | None = None
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), session_options(threads, spin), providers=providers
-            )
+            session = None
+            if int8_fastpath and providers == [CPU] and settings.int8_fastpath():
+                session, self.int8_rewrite = int8.prepare(
+                    self.path, open_session, runtime_version=ort.__version__
+                )
+            self.session = open_session(str(self.path)) if session is None else session
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         active = self.session.get_providers()

@@ -37,6 +37,12 @@ def cache_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def int8_fastpath() -> bool:
+    """Run original-format INT8 files on the fast kernels (default); ``IMGBEDDINGS_INT8_FASTPATH=0``
+    turns it off (see :mod:`imgbeddings.int8`)."""
+    return env_flag("IMGBEDDINGS_INT8_FASTPATH", default=True)
+
+
 def debug() -> bool:
     """``IMGBEDDINGS_DEBUG=1`` asks the CLI for full tracebacks."""
     return env_flag("IMGBEDDINGS_DEBUG")

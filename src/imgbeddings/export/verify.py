@@ -36,7 +36,7 @@ def run_onnx(path: Path, pixels: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Outputs of an ONNX model on float32 pixels, in batches."""
     from ..runtime import OnnxModel
 
-    model = OnnxModel(path)
+    model = OnnxModel(path, int8_fastpath=False)  # verify the file exactly as it is written
     return np.concatenate([model.run(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
 
 
