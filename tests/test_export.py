@@ -226,6 +226,9 @@ def test_cli_export(clip_vision, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out / "model.onnx")
     assert "INT8 vs fp32" in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == len(set(lines)) == 6, proc.stderr  # each step once, nothing else
+    assert "INFO:" not in proc.stderr and "Loading weights" not in proc.stderr
     assert Embedder(out).card.output.legacy_layers == 2
     bad = subprocess.run(
         [sys.executable, "-m", "imgbeddings", "export", str(clip_vision), "-o", str(tmp_path / "x"),

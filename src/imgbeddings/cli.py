@@ -155,6 +155,7 @@ def export_cmd(
     log = logging.getLogger("imgbeddings.export")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False  # onnxruntime's quantiser configures the root logger: print once
     try:
         result = export_model(
             src,
@@ -171,6 +172,7 @@ def export_cmd(
         )
     finally:
         log.removeHandler(handler)
+        log.propagate = True
     typer.echo(str(result.model_path))
 
 

@@ -6,9 +6,11 @@ Only this subpackage imports torch/transformers (the ``[export]`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,29 @@ def load_vision_model(source: Source, kind: str) -> Any:
         cls = CLIPVisionModelWithProjection if kind == "projection" else CLIPVisionModel
     else:
         cls = SiglipVisionModel
+    with _transformers_quiet():
+        return _load(cls, source, torch)
+
+
+@contextlib.contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    """Hide transformers' own loading chatter (progress bars, the table of the text tower's
+    weights a vision-only load leaves unused, token-id notes): what matters of it, missing or
+    mis-shaped vision weights, is checked and raised by :func:`load_vision_model`."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(cls: Any, source: Source, torch: Any) -> Any:
     config = cls.config_class.from_pretrained(str(source.path))
     if "vision_config" in source.config and "projection_dim" in source.config:
         # A full CLIP checkpoint keeps projection_dim at the top level; the vision sub-config's
