@@ -90,8 +90,10 @@ def test_rerun_skips_and_embeds_only_new_or_changed_files(photos, tmp_path, caps
     args = ["embed", str(photos), "-o", str(out), "-m", MODEL, "--no-progress"]
     run(args, capsys)
     code, _, err = run(args, capsys)
-    assert code == 0 and "nothing to embed: 10 file(s) already done" in err  # 5 photos, 5 broken
+    assert "nothing to embed: 10 file(s) already done" in err  # 5 photos, 5 broken
     assert "img/s" not in err and "time split" not in err
+    # the output still lacks vectors for the 5 broken inputs: say so, and exit 6 (not 0)
+    assert code == 6 and "5 input(s) failed in an earlier run and are unchanged: not retried" in err
     (photos / "new.png").write_bytes(image_paths[6].read_bytes())
     changed = photos / image_paths[1].name
     changed.write_bytes(image_paths[7].read_bytes())
@@ -330,3 +332,28 @@ def test_help_shows_no_python_type_noise(capsys):
     assert code == 0 and "--normalize" in stdout and "--pca" in stdout
     for noise in ("<bool>", "<list[str]>", "{paths}", "<path>"):
         assert noise not in stdout
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "imgbeddings", "embed", str(folder), "-o", str(out), "-m", MODEL,
+           "--batch-size", "2", "--shard-size", "10", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("part-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: the " in err and "run the same command again" in err and "Traceback" not in err
+    kept = len(rows(out))
+    assert kept >= 20
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    paths = rows(out)
+    assert len(paths) == len(set(paths)) == 400

@@ -305,9 +305,10 @@ def embed_cmd(
     """Embed images into OUTPUT as resumable Parquet shards.
 
     Re-running the same command finishes an interrupted job and embeds only files that are new
-    or changed. Exit code 0 when every input worked, 6 when some failed (the rest is written
-    and the failures are in OUTPUT/failures.parquet), 7 when --strict stopped at a bad input,
-    8 when OUTPUT holds vectors made another way (model, --exact, --normalize, --pca).
+    or changed. Exit code 0 when every input has its vector, 6 when some failed, in this run or
+    an earlier one (the rest is written and the failures are in OUTPUT/failures.parquet), 7 when
+    --strict stopped at a bad input, 8 when OUTPUT holds vectors made another way (model,
+    --exact, --normalize, --pca), 130 when interrupted (what was done is kept).
     """
     from .job import embed_files
 
@@ -332,6 +333,14 @@ def embed_cmd(
             on_start=reporter.start,
             on_batch=reporter.batch,
         )
+    except KeyboardInterrupt:
+        reporter.close()
+        err_console.print(
+            f"interrupted: the {reporter.done} input(s) done in this run are kept in {output} "
+            f"({reporter.failed} of them failed); run the same command again to finish the rest",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
     finally:
         reporter.close()
     c, t = result.counts, result.timings
@@ -352,8 +361,14 @@ def embed_cmd(
         )
     if c.failed:
         err_console.print(f"{c.failed} input(s) failed: see {output / 'failures.parquet'}", markup=False)
+    if result.failed_before:
+        err_console.print(
+            f"{result.failed_before} input(s) failed in an earlier run and are unchanged: not retried "
+            f"(--retry-failed retries them; see {output / 'failures.parquet'})",
+            markup=False,
+        )
     typer.echo(str(output))
-    if c.failed:
+    if not result.complete:
         raise typer.Exit(EXIT_PARTIAL)
 
 

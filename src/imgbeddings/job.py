@@ -82,6 +82,15 @@ class JobResult:
     failures: list[Failure] = field(default_factory=list)
     workers: int = 0
     threads: int = 0
+    #: Inputs skipped because they failed in an earlier run and are unchanged (not retried
+    #: without ``retry_failed``); they are among ``counts.skipped``.
+    failed_before: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every input of this run has a vector in the output (none failed, now or
+        before): the CLI exits 0 exactly then, else 6."""
+        return not (self.counts.failed or self.failed_before)
 
     @property
     def images_per_second(self) -> float | None:
@@ -92,15 +101,16 @@ class JobResult:
 
 def plan_work(
     paths: Iterable[str], store: OutputStore, *, recursive: bool, retry_failed: bool, stdin: Any = None
-) -> tuple[list[tuple[str, int | None, int | None]], int]:
-    """The files still to embed (path, size, mtime_ns) in input order, and how many are skipped.
+) -> tuple[list[tuple[str, int | None, int | None]], int, int]:
+    """The files still to embed (path, size, mtime_ns) in input order, how many are skipped, and
+    how many of those are earlier failures (unchanged, not retried).
 
     A path listed twice is embedded once. Files already in the output with the same size and
     mtime are skipped; so are earlier failures unless ``retry_failed``; changed files are redone.
     """
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
-    skipped = 0
+    skipped = failed_before = 0
     for raw in expand(paths, recursive=recursive, stdin=stdin):
         path = canonical_path(raw)
         if path in seen:
@@ -111,9 +121,10 @@ def plan_work(
         status = store.status(path, size, mtime)
         if status == "done" or (status == "failed" and not retry_failed):
             skipped += 1
+            failed_before += status == "failed"
             continue
         todo.append((path, size, mtime))
-    return todo, skipped
+    return todo, skipped, failed_before
 
 
 def embed_files(
@@ -174,7 +185,9 @@ def embed_files(
     timings = Timings()
     failures: list[Failure] = []
     try:
-        todo, skipped = plan_work(paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin)
+        todo, skipped, failed_before = plan_work(
+            paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin
+        )
         store.counts.skipped = skipped
         if on_start:
             on_start(len(todo), skipped)
@@ -210,6 +223,5 @@ def embed_files(
             shutil.rmtree(out, ignore_errors=True)
         raise
     counts = store.close(npy=npy)
-    return JobResult(
-        out, counts, time.perf_counter() - started, timings, failures, plan.workers, plan.threads
-    )
+    seconds = time.perf_counter() - started
+    return JobResult(out, counts, seconds, timings, failures, plan.workers, plan.threads, failed_before)
