@@ -390,9 +390,10 @@ def models_cmd() -> None:
 @app.command("info")
 def info_cmd(
     target: Annotated[
-        Path,
+        str,
         typer.Argument(
-            metavar="MODEL|OUTPUT", help="A model (.onnx, .card.json, export folder) or an output folder."
+            metavar="MODEL|OUTPUT",
+            help="A model (name, .onnx, .card.json, export folder; ./NAME for a local one) or an output.",
         ),
     ],
 ) -> None:
@@ -401,8 +402,9 @@ def info_cmd(
 
     from .store import MANIFEST, summarize
 
-    if target.is_dir() and (target / MANIFEST).is_file():
-        info = summarize(target)
+    folder = Path(target)  # a string, not a Path parameter: "./patch32_v1" must keep its "./"
+    if folder.is_dir() and (folder / MANIFEST).is_file():
+        info = summarize(folder)
         m = info["manifest"]
         ident = m.get("identity", {})
         typer.echo(f"output       {target}")
@@ -419,7 +421,7 @@ def info_cmd(
     from .models.cards import ModelCard
     from .models.registry import resolve_model
 
-    if target.name.endswith(".card.json"):
+    if target.endswith(".card.json"):
         card = ModelCard.load(target)
     else:
         card = resolve_model(target).card

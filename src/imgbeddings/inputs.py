@@ -1,7 +1,23 @@
-"""Which files a job covers: paths, folders (optionally recursive), ``.txt`` lists, stdin.
+r"""Which files a job covers: paths, folders (optionally recursive), ``.txt`` lists, stdin.
 
 Listing is lazy (a generator), so a million-file folder or list is never held in memory as a
 whole by this module.
+
+Path lists (``NAME.txt`` and ``-`` for stdin) are read as bytes, one path per line, so that any
+file name on disk can be listed:
+
+- each line is decoded as UTF-8; a line that is not valid UTF-8 is decoded like a file name
+  from the OS (:func:`os.fsdecode`, which on POSIX keeps the raw bytes as surrogate escapes),
+  so a Latin-1 list naming ``b"caf\xe9.jpg"`` opens that very file;
+- a UTF-8 byte-order mark at the start of the list is dropped;
+- only the line terminator (``\n`` or ``\r\n``) is removed: leading and trailing spaces are
+  part of the name (they are legal in file names);
+- blank lines (empty or only whitespace) and lines starting with ``#`` are skipped; write a
+  file whose name starts with ``#`` as ``./#name``;
+- relative paths are relative to the current directory.
+
+Folder entries whose names are not valid UTF-8 come back surrogate-escaped too (as
+:func:`os.scandir` gives them); every function here accepts such names.
 """
 
 from __future__ import annotations
@@ -10,7 +26,9 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import TextIO
+from typing import IO, Any
+
+_BOM = b"\xef\xbb\xbf"
 
 #: File name extensions treated as images when walking folders (compared case-insensitively).
 IMAGE_EXTENSIONS = frozenset(
@@ -43,30 +61,73 @@ def walk_folder(folder: str, recursive: bool) -> Iterator[str]:
             yield from walk_folder(entry.path, recursive)
 
 
-def read_list(stream: TextIO) -> Iterator[str]:
-    """Paths from a text stream, one per line; blank lines and ``#`` comments are skipped."""
-    for line in stream:
-        path = line.strip()
-        if path and not path.startswith("#"):
+def _decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return os.fsdecode(raw)  # POSIX: surrogateescape, so the name round-trips to its bytes
+    except UnicodeDecodeError:  # Windows' file names are Unicode: such a name cannot exist there
+        return raw.decode("utf-8", "replace")
+
+
+def read_list(stream: IO[bytes] | IO[str]) -> Iterator[str]:
+    """Paths from a list, one per line, by the rules in the module docstring.
+
+    ``stream`` is best binary (an ``open(..., "rb")`` file, ``sys.stdin.buffer``); a text
+    stream's ``buffer`` is read when it has one, otherwise its lines are taken as decoded.
+    """
+    binary: Any = getattr(stream, "buffer", stream)
+    first = True
+    for line in binary:
+        if isinstance(line, bytes):
+            if first and line.startswith(_BOM):
+                line = line[len(_BOM) :]
+            if line.endswith(b"\n"):
+                line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            path = _decode_line(line)
+        else:
+            if first and line.startswith("\ufeff"):
+                line = line[1:]
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            path = line
+        first = False
+        if path.strip() and not path.startswith("#"):
             yield path
 
 
-def expand(paths: Iterable[str], *, recursive: bool = False, stdin: TextIO | None = None) -> Iterator[str]:
+def _read_list_file(path: str) -> Iterator[str]:
+    try:
+        fh = open(path, "rb")  # opened first so that only this error is a warning
+    except OSError as exc:
+        warnings.warn(f"cannot read list {path}: {exc.strerror or exc}", RuntimeWarning, stacklevel=3)
+        return
+    with fh:
+        yield from read_list(fh)
+
+
+def expand(
+    paths: Iterable[str], *, recursive: bool = False, stdin: IO[bytes] | IO[str] | None = None
+) -> Iterator[str]:
     """Expand command-line ``paths`` into the files to embed, in order.
 
     - a folder: its image files (``recursive``: and its sub-folders');
-    - ``NAME.txt``: the paths listed in it, one per line (relative to the current directory);
-    - ``-``: paths read from standard input, one per line;
+    - ``NAME.txt``: the paths listed in it, one per line (see the module docstring for the rules);
+    - ``-``: paths read from standard input (``sys.stdin.buffer`` unless ``stdin`` is given),
+      by the same rules;
     - anything else: taken as it is (a missing file becomes a failure of the job, not an abort).
+
+    A folder or list that cannot be read gives a ``RuntimeWarning`` and contributes no paths.
     """
     for raw in paths:
         if raw == "-":
-            yield from read_list(stdin or sys.stdin)
+            yield from read_list(stdin if stdin is not None else sys.stdin)
         elif os.path.isdir(raw):
             yield from walk_folder(raw, recursive)
         elif raw.lower().endswith(".txt") and os.path.isfile(raw):
-            with open(raw, encoding="utf-8") as fh:
-                yield from read_list(fh)
+            yield from _read_list_file(raw)
         else:
             yield raw
 

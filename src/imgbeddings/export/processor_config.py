@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
+from ..errors import CardError, ExportError
 from ..models.cards import PreprocessSpec
 from .checkpoint import Source, vision_config
 
@@ -110,14 +110,17 @@ def preprocess_spec(source: Source, kind: str, resize_mode: str | None) -> Prepr
         std = _triple(cfg["image_std"], "image_std", where)
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return PreprocessSpec(
-        size=image_size,
-        resize_mode=resize_mode,
-        interpolation=RESAMPLE_NAMES[resample],
-        rescale=float(cfg["rescale_factor"]) if cfg["do_rescale"] else 1.0,
-        mean=mean,
-        std=std,
-    )
+    try:
+        return PreprocessSpec(
+            size=image_size,
+            resize_mode=resize_mode,
+            interpolation=RESAMPLE_NAMES[resample],
+            rescale=float(cfg["rescale_factor"]) if cfg["do_rescale"] else 1.0,
+            mean=mean,
+            std=std,
+        )
+    except CardError as exc:  # a NaN or absurd value in the checkpoint's config
+        raise ExportError(f"{where}: {exc}") from exc
 
 
 def processor_defaults(family: str) -> dict[str, Any]:

@@ -19,12 +19,21 @@ Schema (``schema_version`` 1), e.g. ``patch32_v1.card.json``::
      "file":   {"filename": "patch32_v1.onnx", "sha256": null,
                 "repo_id": "minimaxir/imgbeddings", "revision": "main"},
      "description": "..."}
+
+Validation (every failure is a :class:`CardError` naming the field and value): unknown keys and
+wrong types are refused; every number must be finite and inside the bounds below
+(``SIZE_RANGE`` ...), and the JSON text itself may not hold ``NaN``/``Infinity`` or overflowing
+literals; ``file.filename`` must be a plain relative path inside the card's folder or hub repo
+(:func:`check_filename`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -42,25 +51,89 @@ RESIZE_MODES = ("pad", "crop", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 OUTPUT_KINDS = ("legacy", "projection", "pooled")
 
+#: Bounds on a card's numbers. Every number must be finite (JSON's ``NaN``/``Infinity`` and
+#: overflowing literals such as ``1e999`` are refused when a card is read). Sizes and widths are
+#: integers (not booleans). The bounds are far outside any real model's values (CLIP: size 224,
+#: rescale 1/255, mean ~0.45, std ~0.27; ImageNet-style cards with 0-255 means: mean 123.7,
+#: std 58.4) and keep every preprocessed pixel a meaningful float32 (a std of 1e-300 or a
+#: rescale of 1e30 would turn pixels into inf or noise).
+SIZE_RANGE = (8, 8192)  #: preprocess.size, pixels per side
+SCALE_RANGE = (1e-6, 1e6)  #: preprocess.rescale and each preprocess.std
+MEAN_LIMIT = 1e6  #: |preprocess.mean| per channel
+DIM_RANGE = (1, 65536)  #: output.dim
+LEGACY_LAYERS_RANGE = (1, 1024)  #: output.legacy_layers (None, or hidden states pooled)
+
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _int_in(value: Any, what: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise CardError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _number_in(value: Any, what: str, low: float, high: float) -> float:
+    if not _is_real(value) or not math.isfinite(value) or not low <= value <= high:
+        raise CardError(f"{what} must be a finite number from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise CardError(f"{what} must be true or false, got {value!r}")
+    return value
+
 
 def _rgb(value: Any, what: str) -> tuple[int, int, int]:
     try:
-        rgb = tuple(int(v) for v in value)
-    except (TypeError, ValueError) as exc:
+        rgb = tuple(value)
+    except TypeError as exc:
         raise CardError(f"{what} must be three integers 0-255, got {value!r}") from exc
-    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+    if len(rgb) != 3 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb
+    ):
         raise CardError(f"{what} must be three integers 0-255, got {value!r}")
-    return rgb  # type: ignore[return-value]
+    return tuple(int(v) for v in rgb)  # type: ignore[return-value]
 
 
-def _triple(value: Any, what: str) -> tuple[float, float, float]:
+def _triple(value: Any, what: str, low: float, high: float) -> tuple[float, float, float]:
     try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError) as exc:
+        items = tuple(value)
+    except TypeError as exc:
         raise CardError(f"{what} must be three numbers, got {value!r}") from exc
-    if len(out) != 3:
+    if isinstance(value, (str, bytes)) or len(items) != 3 or not all(_is_real(v) for v in items):
         raise CardError(f"{what} must be three numbers, got {value!r}")
-    return out  # type: ignore[return-value]
+    return tuple(_number_in(v, f"{what}[{i}]", low, high) for i, v in enumerate(items))  # type: ignore[return-value]
+
+
+def check_filename(filename: Any, what: str = "file.filename") -> str:
+    """``filename`` if it is a plain relative path inside the card's folder (or hub repo), else
+    :class:`CardError`.
+
+    Accepted: ``/``-separated components, none of them empty, ``.`` or ``..``; not absolute, no
+    drive (``C:``), no backslash, no NUL. So ``model.onnx`` and ``onnx/model.onnx`` are fine;
+    ``../x.onnx``, ``/etc/passwd``, ``sub/../../x`` and ``C:\\x`` are refused.
+    """
+    if not isinstance(filename, str) or not filename:
+        raise CardError(f"{what} must be a non-empty file name, got {filename!r}")
+    parts = filename.split("/")
+    if (
+        "\\" in filename
+        or "\0" in filename
+        or _DRIVE_RE.match(filename)
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise CardError(
+            f"{what} must be a plain relative path inside the model's folder (like 'model.onnx' or "
+            f"'onnx/model.onnx': no '..', '.', empty parts, leading '/', drive or backslash), "
+            f"got {filename!r}"
+        )
+    return filename
 
 
 @dataclass(frozen=True)
@@ -100,8 +173,7 @@ class PreprocessSpec:
     exif_transpose: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or self.size < 8:
-            raise CardError(f"preprocess.size must be an integer >= 8, got {self.size!r}")
+        object.__setattr__(self, "size", _int_in(self.size, "preprocess.size", SIZE_RANGE))
         if self.resize_mode not in RESIZE_MODES:
             raise CardError(f"preprocess.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
@@ -112,10 +184,10 @@ class PreprocessSpec:
         object.__setattr__(
             self, "alpha_background", _rgb(self.alpha_background, "preprocess.alpha_background")
         )
-        object.__setattr__(self, "mean", _triple(self.mean, "preprocess.mean"))
-        object.__setattr__(self, "std", _triple(self.std, "preprocess.std"))
-        if any(s <= 0 for s in self.std):
-            raise CardError(f"preprocess.std must be positive, got {self.std}")
+        object.__setattr__(self, "rescale", _number_in(self.rescale, "preprocess.rescale", *SCALE_RANGE))
+        object.__setattr__(self, "mean", _triple(self.mean, "preprocess.mean", -MEAN_LIMIT, MEAN_LIMIT))
+        object.__setattr__(self, "std", _triple(self.std, "preprocess.std", *SCALE_RANGE))
+        object.__setattr__(self, "exif_transpose", _bool(self.exif_transpose, "preprocess.exif_transpose"))
 
 
 @dataclass(frozen=True)
@@ -135,10 +207,13 @@ class OutputSpec:
     legacy_layers: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise CardError(f"output.dim must be a positive integer, got {self.dim!r}")
+        object.__setattr__(self, "dim", _int_in(self.dim, "output.dim", DIM_RANGE))
         if self.kind not in OUTPUT_KINDS:
             raise CardError(f"output.kind must be one of {OUTPUT_KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "normalized", _bool(self.normalized, "output.normalized"))
+        if self.legacy_layers is not None:
+            layers = _int_in(self.legacy_layers, "output.legacy_layers", LEGACY_LAYERS_RANGE)
+            object.__setattr__(self, "legacy_layers", layers)
 
 
 @dataclass(frozen=True)
@@ -161,6 +236,7 @@ class FileSpec:
     precision: str | None = None
 
     def __post_init__(self) -> None:
+        check_filename(self.filename)
         if self.sha256 is not None:
             digest = self.sha256.lower()
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -192,6 +268,13 @@ class ModelCard:
     description: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        for key in ("name", "family", "architecture", "description"):
+            if not isinstance(getattr(self, key), str):
+                raise CardError(f"{key} must be a string, got {getattr(self, key)!r}")
+        if not self.name.strip():
+            raise CardError("name must not be empty")
+
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -203,7 +286,7 @@ class ModelCard:
         if not isinstance(data, dict):
             raise CardError(f"model card {origin} must be a JSON object")
         version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version != SCHEMA_VERSION:
             raise CardError(
                 f"model card {origin} has schema_version {version!r}; this imgbeddings reads "
                 f"version {SCHEMA_VERSION}. Upgrade imgbeddings or re-export the model."
@@ -228,6 +311,8 @@ class ModelCard:
                 kwargs[key] = section(**value)
             except TypeError as exc:  # a required field is missing
                 raise CardError(f"model card {origin}: {key!r} is incomplete: {exc}") from exc
+            except CardError as exc:
+                raise CardError(f"model card {origin}: {exc}") from exc
         missing = {"name", "family", "architecture", "preprocess", "output", "file"} - set(kwargs)
         if missing:
             raise CardError(f"model card {origin} is missing {sorted(missing)}")
@@ -237,16 +322,20 @@ class ModelCard:
             raise CardError(f"model card {origin}: {exc}") from exc
 
     @classmethod
+    def from_json(cls, text: str | bytes, *, origin: str = "<json>") -> ModelCard:
+        """Parse and validate a card's JSON text. Strict JSON: ``NaN``, ``Infinity`` and numbers
+        that overflow a float (``1e999``) are refused, like any other malformed card."""
+        return cls.from_dict(_parse_json(text, origin), origin=origin)
+
+    @classmethod
     def load(cls, path: str | Path) -> ModelCard:
-        """Read a card from a JSON file."""
+        """Read a card from a JSON file (strict JSON, see :meth:`from_json`)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_bytes()
         except OSError as exc:
             raise CardError(f"cannot read model card {path}: {exc.strerror or exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise CardError(f"model card {path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data, origin=str(path))
+        return cls.from_json(text, origin=str(path))
 
     def save(self, path: str | Path) -> Path:
         """Write the card as pretty JSON; returns the path."""
@@ -277,6 +366,39 @@ class ModelCard:
         return replace(self, preprocess=replace(self.preprocess, **overrides))
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"{text} overflows a float")
+    return value
+
+
+def _parse_json(text: str | bytes, origin: str) -> Any:
+    """Strict JSON: Python's ``json`` would accept ``NaN``/``Infinity`` and turn ``1e999`` into inf."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8-sig")
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise CardError(f"model card {origin} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except _NonFinite as exc:
+        raise CardError(
+            f"model card {origin} is not valid JSON: {exc}; every number in a card must be finite"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise CardError(f"model card {origin} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; absurd nesting
+        raise CardError(f"model card {origin} is not a usable JSON card: {exc}") from exc
+
+
 def card_path_for(onnx_path: str | Path) -> Path:
     """Where the card of ``model.onnx`` lives: ``model.card.json`` beside it."""
     onnx_path = Path(onnx_path)
@@ -297,7 +419,7 @@ def original_format_card(
     from importlib import resources
 
     template = resources.files("imgbeddings.models") / "builtin" / ORIGINAL_FORMAT_TEMPLATE
-    data = json.loads(template.read_text(encoding="utf-8"))
+    data = _parse_json(template.read_text(encoding="utf-8"), ORIGINAL_FORMAT_TEMPLATE)
     data["name"] = name or Path(filename).stem
     data["output"].update(dim=dim, legacy_layers=layers)
     data["file"] = {"filename": filename, "sha256": sha256}

@@ -2,22 +2,38 @@
 
 :func:`resolve_model` is the one place that turns what a caller passes (name | repo | path |
 folder, plus an explicit card and preprocessing overrides) into an ONNX file and its final
-card. :func:`locate` finds the file; names are read in this order:
+card. :func:`locate` finds the file; a name (``str`` or ``os.PathLike``, read as its string) is
+read in this order:
 
-1. a local path: an ``.onnx`` file (card beside it as ``<stem>.card.json``, or none), or a
-   folder holding one ``*.card.json`` + its ``.onnx`` (what ``imgbeddings export`` writes);
-2. a built-in name (``list_models()``; case-insensitive; ``patch32`` = ``patch32_v1``);
-3. a Hugging Face repo: ``org/name`` (card ``model.card.json`` in the repo),
+1. ``hf-hub:org/name[/file.onnx][@revision]``: always the Hugging Face repo.
+2. a built-in name (``list_models()``; case-insensitive; ``patch32`` = ``patch32_v1``): always
+   the built-in model, even when a file or folder of that name is in the current directory (a
+   warning then says how to pick the local one). An untrusted folder cannot shadow a built-in.
+3. an existing local path: an ``.onnx`` file (card beside it as ``<stem>.card.json``, or none),
+   a ``.card.json`` file (its ``file.filename`` names the ONNX file beside it), or a folder
+   holding one ``*.card.json`` + its ``.onnx`` (what ``imgbeddings export`` writes). To use a
+   local file or folder named like a built-in, write it as a path: ``./patch32_v1`` or an
+   absolute path. ``pathlib`` drops a leading ``./`` (``Path("./patch32_v1")`` prints as
+   ``patch32_v1``), so pass such a path as a string or ``Path(...).resolve()``.
+4. a Hugging Face repo: ``org/name`` (card ``model.card.json`` in the repo),
    ``org/name/file.onnx`` (card ``file.card.json`` if the repo has one), optionally
-   ``@revision`` at the end; ``hf-hub:`` may prefix either.
+   ``@revision`` at the end. A local path wins over a repo id of the same spelling (as in 3);
+   names written as paths (starting with ``.``, ``/`` or ``~``) and two-part names ending in
+   ``.onnx``/``.card.json`` are never repo ids (``hf-hub:`` forces the repo).
+
+A card's ``file.filename`` must stay inside the card's folder (or repo): a plain relative path,
+no ``..``, not absolute (:func:`~imgbeddings.models.cards.check_filename`); it is checked when
+the card is read and again where it is joined to the folder. Symlinks inside the folder are
+followed, as the Hugging Face cache and ``snapshot_download`` folders are made of them.
 
 Built-in cards live in ``models/builtin/*.card.json``; no model facts are in this code.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -26,10 +42,14 @@ from typing import Any
 
 from .. import hub
 from ..errors import CardError, ModelCorrupted, ModelError, ModelNotFound, ModelUnavailable
-from .cards import CARD_SUFFIX, ModelCard, card_path_for, infer_card
+from .cards import CARD_SUFFIX, ModelCard, card_path_for, check_filename, infer_card
 
 DEFAULT_MODEL = "patch32_v1"
-_REPO_RE = re.compile(r"^(?:hf-hub:)?([\w.\-]+/[\w.\-]+)(/[\w.\-/]+\.onnx)?(?:@([\w.\-/]+))?$")
+HUB_PREFIX = "hf-hub:"
+# org and name start and end with a letter or digit, as on the Hub (so ``./x`` and ``../x`` are not ids)
+_REPO_PART = r"\w(?:[\w.\-]*\w)?"
+_REPO_RE = re.compile(rf"^(?:hf-hub:)?({_REPO_PART}/{_REPO_PART})(/[\w.\-/]+\.onnx)?(?:@([\w.\-/]+))?$")
+_PATH_SUFFIXES = (".onnx", CARD_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ def builtin_cards() -> dict[str, ModelCard]:
     cards = {}
     for entry in folder.iterdir():
         if entry.name.endswith(CARD_SUFFIX):
-            card = ModelCard.from_dict(json.loads(entry.read_text()), origin=entry.name)
+            card = ModelCard.from_json(entry.read_text(encoding="utf-8"), origin=entry.name)
             cards[card.name] = card
     return dict(sorted(cards.items()))
 
@@ -81,14 +101,38 @@ def verify_local(path: Path, card: ModelCard) -> None:
             raise ModelCorrupted(str(path), card.file.sha256, actual)
 
 
+def join_inside(folder: Path, filename: str, origin: str) -> Path:
+    """``folder / filename`` for a card's ``file.filename``, refusing any name that leaves
+    ``folder`` (checked on the names, not through symlinks: see the module docstring)."""
+    try:
+        check_filename(filename)
+    except CardError as exc:
+        raise CardError(f"model card {origin}: {exc}") from exc
+    base = os.path.normpath(os.path.abspath(folder))
+    target = os.path.normpath(os.path.join(base, filename))
+    if os.path.commonpath([base, target]) != base:  # unreachable after check_filename; kept as a guard
+        raise CardError(f"model card {origin}: file.filename {filename!r} points outside {folder}")
+    return folder / filename
+
+
+def _card_and_file(card_file: Path) -> tuple[ModelCard, Path]:
+    card = ModelCard.load(card_file)
+    onnx_path = join_inside(card_file.parent, card.file.filename, str(card_file))
+    if not onnx_path.is_file():
+        raise ModelNotFound(
+            f"model card {card_file} names the ONNX file {card.file.filename!r}, which is not in "
+            f"{card_file.parent}: put the file there, or fix file.filename in the card"
+        )
+    return card, onnx_path
+
+
 def _locate_local(path: Path) -> LocatedModel:
     if path.is_dir():
         cards = sorted(path.glob("*" + CARD_SUFFIX))
         if len(cards) > 1 and (path / ("model" + CARD_SUFFIX)).is_file():
             cards = [path / ("model" + CARD_SUFFIX)]  # an export folder: model.onnx is the one to use
         if len(cards) == 1:
-            card = ModelCard.load(cards[0])
-            onnx_path = path / card.file.filename
+            card, onnx_path = _card_and_file(cards[0])
         elif not cards and len(list(path.glob("*.onnx"))) == 1:
             onnx_path, card = next(path.glob("*.onnx")), None
         else:
@@ -96,8 +140,8 @@ def _locate_local(path: Path) -> LocatedModel:
             raise CardError(
                 f"{path} is a folder with {len(found)} candidate models ({found}); pass the .onnx file"
             )
-        if not onnx_path.is_file():
-            raise ModelNotFound(f"card in {path} names {onnx_path.name}, which is not there")
+    elif path.name.endswith(CARD_SUFFIX):
+        card, onnx_path = _card_and_file(path)
     else:
         onnx_path = path
         card_file = card_path_for(path)
@@ -107,28 +151,66 @@ def _locate_local(path: Path) -> LocatedModel:
     return LocatedModel(onnx_path, card)
 
 
+def _written_as_path(name: str) -> bool:
+    """True for a name that can only mean a local path (never a built-in name or a repo id)."""
+    head = name.split("@", 1)[0]
+    return (
+        name.startswith((".", "~", "/", os.sep))
+        or os.path.isabs(name)
+        or (head.lower().endswith(_PATH_SUFFIXES) and head.count("/") <= 1)
+    )
+
+
+def _not_found(name: str) -> ModelNotFound:
+    builtins = ", ".join(list_models())
+    if _written_as_path(name) or os.sep in name or (os.altsep and os.altsep in name):
+        where = os.path.abspath(os.path.expanduser(name))
+        return ModelNotFound(
+            f"no model file or folder {name!r} ({where} does not exist): check the path, or use a "
+            f"built-in model ({builtins}) or a Hugging Face repo id ('org/name')"
+        )
+    return ModelNotFound(
+        f"no model {name!r}: it is not a built-in model ({builtins}), not an existing local file "
+        "or folder, and not a Hugging Face repo id ('org/name' or 'org/name/file.onnx'). Pass the "
+        "path of a local .onnx file or export folder to use your own model."
+    )
+
+
+def _hub_file_name(name: str, onnx_name: str) -> str:
+    try:
+        return check_filename(onnx_name, f"the file path in {name!r}")
+    except CardError as exc:
+        raise ModelNotFound(str(exc)) from exc
+
+
 def locate(
-    model: str | Path,
+    model: str | os.PathLike[str],
     *,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     offline: bool | None = None,
     force_download: bool = False,
 ) -> LocatedModel:
-    """Locate ``model`` (path, built-in name or hub repo), downloading it if needed.
+    """Locate ``model`` (built-in name, local path or hub repo; see the module docstring for the
+    order), downloading it if needed.
 
     Raises:
-        ModelNotFound: the name is none of the accepted forms.
+        ModelNotFound: the name is none of the accepted forms, or a local path does not exist.
         ModelUnavailable: a download was needed and failed (offline, unreachable, missing).
         ModelCorrupted: the file's checksum is wrong.
-        CardError: the card is malformed.
+        CardError: the card is malformed, or its ``file.filename`` leaves its folder.
     """
-    path = Path(model).expanduser()
-    if path.exists():
-        return _locate_local(path)
-    name = str(model)
-    card = _builtin(name)
+    name = os.fsdecode(os.fspath(model))
+    hub_kwargs = {"cache_dir": cache_dir, "offline": offline, "force_download": force_download}
+    card = None if name.startswith(HUB_PREFIX) else _builtin(name)
     if card is not None:
+        if os.path.lexists(name):
+            warnings.warn(
+                f"{name!r} means the built-in model {card.name}; the local {name!r} in "
+                f"{os.getcwd()} is not used. To use it, pass it as a path: './{name}'",
+                UserWarning,
+                stacklevel=2,
+            )
         if not (card.file.repo_id and card.file.filename):
             raise CardError(f"built-in card {card.name} has no download location")
         file = hub.download_model_file(
@@ -136,40 +218,32 @@ def locate(
             card.file.filename,
             revision=revision or card.file.revision or "main",
             sha256=card.file.sha256,
-            cache_dir=cache_dir,
-            offline=offline,
-            force_download=force_download,
+            **hub_kwargs,
         )
         return LocatedModel(file, card)
+    if not name.startswith(HUB_PREFIX):
+        path = Path(name).expanduser()
+        if path.exists():
+            return _locate_local(path)
+        if _written_as_path(name):
+            raise _not_found(name)
     match = _REPO_RE.match(name)
-    if match:
-        repo_id, onnx_name, rev = match.group(1), match.group(2), match.group(3)
-        rev = revision or rev or "main"
-        kwargs = {
-            "revision": rev,
-            "cache_dir": cache_dir,
-            "offline": offline,
-            "force_download": force_download,
-        }
-        if onnx_name:
-            onnx_name = onnx_name.lstrip("/")
-            try:
-                card_file = hub.download_model_file(repo_id, Path(onnx_name).stem + CARD_SUFFIX, **kwargs)
-                card = ModelCard.load(card_file)
-            except ModelUnavailable:
-                card = None  # a bare ONNX file in a repo: the card will be inferred from the graph
-        else:
-            card = ModelCard.load(hub.download_model_file(repo_id, "model" + CARD_SUFFIX, **kwargs))
-            onnx_name = card.file.filename
-        file = hub.download_model_file(
-            repo_id, onnx_name, sha256=card.file.sha256 if card else None, **kwargs
-        )
-        return LocatedModel(file, card)
-    raise ModelNotFound(
-        f"no model {name!r}: it is not a local file or folder, not a built-in model "
-        f"({', '.join(list_models())}), and not a Hugging Face repo id ('org/name' or "
-        "'org/name/file.onnx'). Pass the path of a local .onnx file to use your own model."
-    )
+    if not match:
+        raise _not_found(name)
+    repo_id, onnx_name, rev = match.group(1), match.group(2), match.group(3)
+    kwargs = {"revision": revision or rev or "main", **hub_kwargs}
+    if onnx_name:
+        onnx_name = _hub_file_name(name, onnx_name[1:])  # drop the "/" after the repo id
+        try:
+            card_file = hub.download_model_file(repo_id, Path(onnx_name).stem + CARD_SUFFIX, **kwargs)
+            card = ModelCard.load(card_file)
+        except ModelUnavailable:
+            card = None  # a bare ONNX file in a repo: the card will be inferred from the graph
+    else:
+        card = ModelCard.load(hub.download_model_file(repo_id, "model" + CARD_SUFFIX, **kwargs))
+        onnx_name = card.file.filename  # checked by the card: a relative path inside the repo
+    file = hub.download_model_file(repo_id, onnx_name, sha256=card.file.sha256 if card else None, **kwargs)
+    return LocatedModel(file, card)
 
 
 def graph_signature(path: str | Path) -> tuple[list[tuple[str, list[Any]]], list[tuple[str, list[Any]]]]:
