@@ -357,3 +357,59 @@ def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path):
     assert again.returncode == 0, again.stderr
     paths = rows(out)
     assert len(paths) == len(set(paths)) == 400
+
+
+# --- outputs you can trust, from the command line ----------------------------------------------------
+
+
+def test_output_in_use_exits_9_or_waits(tmp_path, capsys, image_paths):
+    from imgbeddings import Embedder
+    from imgbeddings.store import OutputStore
+
+    emb = Embedder(MODEL)
+    out = tmp_path / "o"
+    holder = OutputStore(out, emb.identity(), emb.card)  # holds the folder's lock, as a running job does
+    try:
+        args = ["embed", str(image_paths[0]), "-o", str(out), "-m", MODEL, "--no-progress"]
+        code, _, err = run(args, capsys)
+        assert code == 9 and "output in use" in err and f"PID {os.getpid()}" in err, err
+        t0 = time.monotonic()
+        code, _, err = run([*args, "--wait", "--wait-timeout", "0.5"], capsys)
+        assert code == 9 and time.monotonic() - t0 >= 0.5
+    finally:
+        holder.close()
+    code, _, err = run([*args, "--wait"], capsys)
+    assert code == 0, err
+
+
+def test_info_reports_a_damaged_output_and_exits_8(tmp_path, capsys, image_paths):
+    out = tmp_path / "o"
+    items = [str(p) for p in image_paths]
+    assert run(["embed", *items, "-o", str(out), "-m", MODEL, "--shard-size", "3"], capsys)[0] == 0
+    shard = sorted(out.glob("part-*.parquet"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    code, stdout, err = run(["info", str(out)], capsys)
+    assert code == 8 and f"damaged      {shard.name}" in stdout and "Traceback" not in err
+    assert "run imgbeddings embed again" in err
+    code, _, err = run(["embed", *items, "-o", str(out), "-m", MODEL], capsys)  # repairs it
+    assert code == 0 and "quarantine" in err
+    code, stdout, _ = run(["info", str(out)], capsys)
+    assert code == 0 and "8 x 32" in stdout and "quarantined  1 file(s)" in stdout
+
+
+def test_a_latin1_file_name_is_embedded_and_printed_readably(tmp_path, capsys, image_paths):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    good = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    bad = os.path.join(os.fsencode(folder), b"na\xefve.jpg")
+    with open(good, "wb") as fh:
+        fh.write(image_paths[0].read_bytes())
+    with open(bad, "wb") as fh:
+        fh.write(b"not an image")
+    out = tmp_path / "o"
+    code, _, err = run(["embed", str(folder), "-o", str(out), "-m", MODEL], capsys)
+    assert code == 6 and "failed " in err and "na\\xefve.jpg: ImageDecodeError" in err
+    data = load(out)
+    assert (
+        data.paths == [os.fsdecode(good)] and open(data.paths[0], "rb").read() == image_paths[0].read_bytes()
+    )

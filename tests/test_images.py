@@ -362,3 +362,102 @@ def test_unreadable_file_is_reported(tmp_path, monkeypatch, image_paths):
     with pytest.raises(ImageDecodeError, match="permission denied") as err:
         load_image(target, index=4)
     assert err.value.index == 4 and str(target) in str(err.value)
+
+
+# --- reading files: header first, bounded reads, no handle left open --------------------------
+
+
+class _ReadSpy:
+    """A binary file that records how much is read from it, and refuses whole-file reads."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > 16 << 20:
+            raise AssertionError(f"read({size}) of a whole file")
+        data = self._fh.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+
+@pytest.fixture
+def read_spies(monkeypatch):
+    """Every file the decoder opens, wrapped in a :class:`_ReadSpy`."""
+    import builtins
+
+    real_open = builtins.open
+    spies: list[_ReadSpy] = []
+
+    def spying_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        if mode == "rb":
+            fh = _ReadSpy(fh)
+            spies.append(fh)
+        return fh
+
+    monkeypatch.setattr(builtins, "open", spying_open)
+    return spies
+
+
+def test_huge_non_image_file_is_refused_from_its_header(tmp_path, read_spies):
+    """A 1 GB file named .jpg that is not an image (sparse: no disk used) is refused after a few
+    KB, never read whole; the file is closed when the call returns."""
+    path = tmp_path / "video.jpg"
+    with path.open("wb") as fh:
+        fh.truncate(1 << 30)
+    with pytest.raises(ImageDecodeError, match="not an image") as err:
+        load_image(path, index=2)
+    assert err.value.index == 2 and str(path) in str(err.value)
+    assert len(read_spies) == 1 and read_spies[0].bytes_read < 64 << 10
+    assert read_spies[0].closed
+
+
+def test_file_is_decoded_while_open_and_closed_after(tmp_path, read_spies, image_paths):
+    for source in (image_paths[0], image_paths[2]):  # a JPEG and a PNG
+        img = load_image(source)
+        assert read_spies[-1].closed
+        assert np.array_equal(np.asarray(img), np.asarray(load_image(source.read_bytes())))
+    with pytest.raises(ImageDecodeError, match="cannot decode"):  # failing mid-decode: closed too
+        data = image_paths[2].read_bytes()
+        (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+        load_image(tmp_path / "cut.png")
+    assert all(spy.closed for spy in read_spies)
+
+
+def test_reserve_is_told_the_pixels_that_will_really_be_decoded(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(path)
+    seen: list[int] = []
+    img = load_image(path, draft_long_side=448, reserve=seen.append)  # fast mode: libjpeg at 1/8
+    assert seen == [img.size[0] * img.size[1]] == [500 * 375]
+    seen.clear()
+    load_image(path, reserve=seen.append)
+    assert seen == [4000 * 3000]
+    seen.clear()
+    with pytest.raises(ImageTooLarge):  # refused from its header: nothing reserved
+        load_image(_png_claiming(40_000, 40_000), max_pixels=100_000_000, reserve=seen.append)
+    with pytest.raises(ImageDecodeError):
+        load_image(b"not an image at all", reserve=seen.append)
+    assert seen == []
+
+
+def test_an_upright_image_is_not_copied_after_decoding(tmp_path, monkeypatch):
+    """Pillow's exif_transpose copies an image with nothing to turn: a second full-size image."""
+    path = tmp_path / "upright.png"
+    Image.new("RGB", (300, 200), (1, 2, 3)).save(path)
+    copies = []
+    real_copy = Image.Image.copy
+    monkeypatch.setattr(Image.Image, "copy", lambda self: copies.append(self.size) or real_copy(self))
+    assert load_image(path).size == (300, 200)
+    assert copies == []

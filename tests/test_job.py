@@ -93,3 +93,26 @@ def test_default_mode_is_the_same_everywhere():
     assert inspect.signature(embed_files).parameters["mode"].default == DEFAULT_MODE
     fast_flag = inspect.signature(cli.embed_cmd).parameters["fast"].default
     assert ("fast" if fast_flag else "exact") == DEFAULT_MODE
+
+
+def test_an_interrupted_run_unlocks_its_output_and_keeps_its_rows(tmp_path, image_paths):
+    from imgbeddings import OutputLocked
+    from imgbeddings.store import OutputStore
+
+    out, items = tmp_path / "o", [str(p) for p in image_paths]
+
+    def interrupt(done, failures):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_files(items, out, model=MODEL, workers=0, batch_size=2, shard_size=2, on_batch=interrupt)
+    assert len(load(out).paths) == 2  # the first batch's rows are kept ...
+    result = embed_files(items, out, model=MODEL, workers=0, wait=None)  # ... and nothing is left locked
+    assert (result.counts.embedded, result.counts.skipped) == (6, 2)
+    embedder = Embedder(MODEL)
+    holder = OutputStore(out, embedder.identity(), embedder.card)
+    try:
+        with pytest.raises(OutputLocked, match="being written by another imgbeddings run"):
+            embed_files(items, out, model=embedder, workers=0)
+    finally:
+        holder.close()

@@ -165,3 +165,80 @@ def test_in_memory_items_and_stopping_early(emb, image_paths):
 def test_builds_its_own_embedder_with_planned_threads(image_paths):
     batches = list(embed_stream(MODELS / "tiny_b32_legacy.onnx", [str(image_paths[0])], workers=0))
     assert batches[0].ok.all()
+
+
+# --- model outputs with NaN or inf --------------------------------------------------------------
+
+
+def _nan_model(folder):
+    """A tiny model whose output is log(mean pixel value) + a bias: NaN for images whose normalised
+    pixels average below zero (dark ones), finite for bright ones. Its card is the tiny test
+    model's with the output and file changed."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    dim = 8
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixel_values"], ["mean"], axes=[1, 2, 3], keepdims=1),
+            helper.make_node("Reshape", ["mean", "shape"], ["column"]),
+            helper.make_node("Log", ["column"], ["log"]),
+            helper.make_node("Add", ["log", "bias"], ["image_embeds"]),
+        ],
+        "nan_for_dark_images",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["n", 3, 224, 224])],
+        [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["n", dim])],
+        [
+            helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1]),
+            helper.make_tensor("bias", TensorProto.FLOAT, [dim], list(range(dim))),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    path = folder / "nan_model.onnx"
+    onnx.save(model, path)
+    card = json.loads((MODELS / "tiny_b32_proj.card.json").read_text())
+    card["name"] = "nan_model"
+    card["output"].update(dim=dim, kind="projection", name="image_embeds", normalized=False)
+    card["file"].update(filename=path.name, sha256=None)
+    (folder / "nan_model.card.json").write_text(json.dumps(card))
+    return path
+
+
+@pytest.fixture
+def nan_emb(tmp_path):
+    return Embedder(_nan_model(tmp_path), batch_size=4)
+
+
+def test_non_finite_output_is_a_failure_not_a_vector(nan_emb):
+    from imgbeddings.errors import InputError, NonFiniteOutput
+
+    white, black = np.full((32, 32, 3), 255, np.uint8), np.zeros((32, 32, 3), np.uint8)
+    res = nan_emb.embed_with_failures([white, black, white, black, white])
+    assert res.ok.tolist() == [True, False, True, False, True]
+    assert [(f.index, f.error, f.message) for f in res.failures] == [
+        (i, "NonFiniteOutput", "the model returned NaN or inf for this input") for i in (1, 3)
+    ]
+    assert np.isnan(res.vectors[~res.ok]).all() and np.isfinite(res.vectors[res.ok]).all()
+    with pytest.raises(NonFiniteOutput, match=r"input #1 .*NaN or inf") as err:
+        nan_emb.embed([white, black])
+    assert isinstance(err.value, InputError) and isinstance(err.value, ValueError)
+    assert nan_emb.embed([white]).shape == (1, 8)
+
+
+def test_non_finite_output_with_other_failures_through_embed_files(nan_emb, tmp_path):
+    from imgbeddings import embed_files
+
+    Image.new("RGB", (40, 30), (255, 255, 255)).save(tmp_path / "a_white.png")
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "b_black.png")
+    (tmp_path / "c_broken.png").write_text("not an image")
+    Image.new("RGB", (40, 30), (250, 250, 250)).save(tmp_path / "d_white.png")
+    inputs = sorted(str(p) for p in tmp_path.glob("*.png"))
+    result = embed_files(inputs, tmp_path / "out", model=nan_emb, workers=1)
+    assert result.counts.embedded == 2 and result.counts.failed == 2
+    assert sorted((os.path.basename(f.source), f.error) for f in result.failures) == [
+        ("b_black.png", "NonFiniteOutput"),
+        ("c_broken.png", "ImageDecodeError"),
+    ]

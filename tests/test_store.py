@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,7 +55,14 @@ def test_rows_shards_and_load(tmp_path):
     assert out.failures == [Failure(None, "/img/bad.jpg", "ImageDecodeError", "truncated")]
     assert isinstance(out.failures[0].to_error(), ImageDecodeError)
     failures = pq.read_table(tmp_path / "failures.parquet").to_pylist()
-    assert failures == [{"path": "/img/bad.jpg", "error": "ImageDecodeError", "message": "truncated"}]
+    assert failures == [
+        {
+            "path": "/img/bad.jpg",
+            "error": "ImageDecodeError",
+            "message": "truncated",
+            "path_bytes": b"/img/bad.jpg",
+        }
+    ]
     streamed = list(iter_load(tmp_path))
     assert sum(len(p) for p, _ in streamed) == 7
 
@@ -80,6 +91,7 @@ def test_duplicates_left_by_a_killed_run_are_repaired(tmp_path):
     store.add("/a.jpg", 1, 2, vec(2))  # second shard; pretend the run died before dropping the first row
     store._superseded.clear()
     store.flush()
+    store._lock.release()  # the run dies here (the kernel drops its lock)
     assert len(store.shards()) == 2
     assert load(tmp_path).paths == ["/a.jpg"]  # the loader already keeps only the newest row
     OutputStore(tmp_path, ident(mode="fast"), CARD)  # opening repairs the files themselves
@@ -108,9 +120,14 @@ def test_vectors_made_otherwise_are_refused_naming_what_differs(tmp_path):
 
 def test_leftover_temp_files_are_removed_and_foreign_folders_refused(tmp_path):
     OutputStore(tmp_path / "o", ident(mode="fast"), CARD).close()
-    (tmp_path / "o" / ".part-000009.parquet.123.tmp").write_bytes(b"half a file")
-    OutputStore(tmp_path / "o", ident(mode="fast"), CARD)
-    assert not list((tmp_path / "o").glob(".*.tmp"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=60)
+    (tmp_path / "o" / f".part-000009.parquet.{dead.pid}.tmp").write_bytes(b"half a file")
+    (tmp_path / "o" / ".embeddings.npy.tmp").write_bytes(b"left by an older version")
+    live = tmp_path / "o" / f".part-000010.parquet.{os.getppid()}.tmp"  # a live process's: kept
+    live.write_bytes(b"being written")
+    OutputStore(tmp_path / "o", ident(mode="fast"), CARD).close()
+    assert list((tmp_path / "o").glob(".*.tmp")) == [live]
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "part-000000.parquet").write_bytes(b"")
     with pytest.raises(OutputError, match=r"no imgbeddings\.json"):

@@ -33,7 +33,8 @@ _LAZY = {
 _ERRORS = (
     "AccuracyGateFailed CardError ExportError ImageDecodeError ImageNotFound ImageTooLarge "
     "Failure ImgbeddingsError InputError ModelCorrupted ModelError ModelMismatch ModelNotFound "
-    "ModelUnavailable OptionError OutputError ProviderError UnsupportedArchitecture WorkerCrashed"
+    "ModelUnavailable NonFiniteOutput OptionError OutputError OutputLocked ProviderError "
+    "UnsupportedArchitecture WorkerCrashed"
 ).split()
 _LAZY.update(dict.fromkeys(_ERRORS, "errors"))
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import warnings
@@ -47,6 +48,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.UnsupportedArchitecture, 3, "unsupported model"),
     (errors.ExportError, 3, "export failed"),
     (errors.ModelMismatch, 8, "output mismatch"),
+    (errors.OutputLocked, 9, "output in use"),
     (errors.OutputError, 8, "output error"),
     (errors.ModelUnavailable, 5, "model unavailable"),
     (errors.ModelCorrupted, 5, "model corrupted"),
@@ -214,8 +216,10 @@ class _Progress:
     def batch(self, done: int, failures: list[errors.Failure]) -> None:
         self.done += done
         self.failed += len(failures)
+        from .store import readable
+
         for f in failures:
-            err_console.print(f"failed {f}", markup=False)
+            err_console.print(f"failed {readable(f.source)}: {f.error}: {f.message}", markup=False)
         if self.bar is not None:
             self.bar.update(self.task, advance=done, rate=f"{self.rate():.1f}", failed=self.failed)
         elif self.enabled and time.perf_counter() - self.last >= PROGRESS_EVERY and self.done < self.total:
@@ -280,7 +284,10 @@ def embed_cmd(
     ] = None,
     fmt: Annotated[
         OutputFormat,
-        typer.Option("--format", help="parquet (shards) | npy (shards + embeddings.npy/paths.txt)."),
+        typer.Option(
+            "--format",
+            help="parquet (shards) | npy (shards + embeddings.npy/paths.txt, kept current by later runs).",
+        ),
     ] = OutputFormat.parquet,
     strict: Annotated[
         bool, typer.Option("--strict", help="Stop at the first bad input (exit code 7).")
@@ -291,6 +298,21 @@ def embed_cmd(
     shard_size: Annotated[
         int, typer.Option(metavar="N", min=1, help="Rows per Parquet shard (the most a kill can lose).")
     ] = 4096,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="If another run is writing OUTPUT, wait for it instead of exit 9.")
+    ] = False,
+    wait_timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(metavar="SECONDS", min=0, help="With --wait: give up after this long (exit 9)."),
+    ] = None,
+    decode_budget: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            metavar="MP",
+            min=0.001,
+            help="Megapixels decoded at once across workers (default: from the memory available).",
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")
     ] = True,
@@ -330,6 +352,8 @@ def embed_cmd(
             normalize=normalize,
             pca=pca,
             int8_fastpath=int8_fastpath,
+            decode_budget=decode_budget,
+            wait=(math.inf if wait_timeout is None else wait_timeout) if wait else None,
             on_start=reporter.start,
             on_batch=reporter.batch,
         )
@@ -400,7 +424,7 @@ def info_cmd(
     """Show a model's card, or an output folder's model, size and failures."""
     import json
 
-    from .store import MANIFEST, summarize
+    from .store import MANIFEST, readable, summarize
 
     folder = Path(target)  # a string, not a Path parameter: "./patch32_v1" must keep its "./"
     if folder.is_dir() and (folder / MANIFEST).is_file():
@@ -416,7 +440,28 @@ def info_cmd(
         typer.echo(f"vectors      {info['vectors']} x {m.get('dim')} float32 in {info['shards']} shard(s)")
         typer.echo(f"failures     {len(info['failures'])}")
         for f in info["failures"][:10]:
-            typer.echo(f"  {f}")
+            typer.echo(f"  {readable(f.source)}: {f.error}: {f.message}")
+        if info.get("writer"):
+            w = info["writer"]
+            typer.echo(
+                f"writer       PID {w.get('pid')} on {w.get('host')}, writing since {w.get('started')}"
+            )
+        if info.get("quarantined"):
+            typer.echo(f"quarantined  {len(info['quarantined'])} file(s) in {folder / 'quarantine'}")
+        for name in info.get("stale", []):
+            typer.echo(
+                f"stale        {name} (out of date: rebuilt by the next embed; load() reads the shards)"
+            )
+        for name, reason in info.get("damaged", []):
+            typer.echo(f"damaged      {name}: {reason}")
+        if info.get("damaged"):
+            err_console.print(
+                f"output error: {len(info['damaged'])} damaged shard(s) in {folder}: run imgbeddings embed "
+                "again with the same inputs and output; it moves them to quarantine/ and embeds their "
+                "inputs again",
+                markup=False,
+            )
+            raise typer.Exit(8)
         return
     from .models.cards import ModelCard
     from .models.registry import resolve_model

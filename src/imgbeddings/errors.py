@@ -63,6 +63,11 @@ class WorkerCrashed(InputError):
     """The decode worker process died or hung on this input (the worker was replaced)."""
 
 
+class NonFiniteOutput(InputError):
+    """The model returned NaN or inf for this input, so its vector is not stored: the model is
+    broken, or its card gives it values it cannot take (check the card's mean, std and rescale)."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """One input that could not be embedded: the same record from the decode worker to the
@@ -204,6 +209,41 @@ class OutputError(ImgbeddingsError):
 class ModelMismatch(OutputError):
     """The output folder holds vectors made another way (model, mode, normalisation or PCA):
     appending would mix vectors that are not comparable."""
+
+
+class OutputLocked(OutputError):
+    """Another run is writing the output folder (it holds the folder's lock): two writers at
+    once would lose rows, so the second is refused, at once or after waiting ``waited`` seconds.
+
+    Attributes: ``path`` (the output folder), ``pid``, ``host`` and ``started`` of the run that
+    holds it (as it recorded them; ``pid`` None if not recorded yet), ``waited`` (seconds, or None).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        pid: int | None = None,
+        host: str = "",
+        started: str = "",
+        waited: float | None = None,
+    ) -> None:
+        super().__init__(path, pid, host, started, waited)
+        self.path = path
+        self.pid = pid
+        self.host = host
+        self.started = started
+        self.waited = waited
+
+    def __str__(self) -> str:
+        who = f"PID {self.pid}" if self.pid is not None else "a process that has not recorded its PID yet"
+        who += f" on {self.host}" if self.host else ""
+        who += f", started {self.started}" if self.started else ""
+        still = f" still, after waiting {self.waited:g} s" if self.waited else ""
+        return (
+            f"{self.path} is being written by another imgbeddings run{still} ({who}); two runs writing "
+            "one output at once would lose rows. Let that run finish, or wait for it "
+            "(--wait [SECONDS], or wait= in Python)."
+        )
 
 
 # --- export ----------------------------------------------------------------------------

@@ -10,9 +10,7 @@ resumable Parquet output). Both run the streaming engine with decode worker proc
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ def embed_stream(
     window: int | None = None,
     item_timeout: float = DEFAULT_ITEM_TIMEOUT,
     timings: Timings | None = None,
+    decode_budget: float | None = None,
     **embedder_options: Any,
 ) -> Iterator[Batch]:
     """Embed a (possibly huge, possibly lazy) iterable of images; yields
@@ -52,6 +51,8 @@ def embed_stream(
         window: most inputs in flight at once (default ``3 * batch_size``): bounds memory.
         item_timeout: seconds before a hung decode is abandoned (its worker is replaced).
         timings: a :class:`~imgbeddings.pipeline.Timings` to accumulate the time split into.
+        decode_budget: megapixels being decoded at once across the workers (default:
+            :func:`~imgbeddings.budget.default_decode_budget`).
 
     Bad inputs never stop the stream: they come back as failures in their batch.
     """
@@ -68,6 +69,7 @@ def embed_stream(
         window=window,
         item_timeout=item_timeout,
         timings=timings,
+        decode_budget=decode_budget,
     )
 
 
@@ -141,7 +143,9 @@ def embed_files(
     retry_failed: bool = False,
     shard_size: int = 4096,
     npy: bool = False,
+    wait: float | None = None,
     item_timeout: float = DEFAULT_ITEM_TIMEOUT,
+    decode_budget: float | None = None,
     stdin: Any = None,
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int, list[Failure]], None] | None = None,
@@ -161,6 +165,9 @@ def embed_files(
         retry_failed: embed again files that failed in an earlier run, though unchanged.
         shard_size: rows per Parquet shard (the most work a kill can lose).
         npy: also write ``embeddings.npy`` + ``paths.txt`` at the end.
+        wait: when another run is writing ``output``, wait this many seconds for it to finish
+            (``math.inf`` or a negative number: as long as it takes) instead of raising
+            :class:`~imgbeddings.errors.OutputLocked` at once (None).
         on_start(total_to_embed, skipped), on_batch(inputs_done, failures_in_batch): progress hooks.
         embedder_options: more :class:`Embedder` options (``normalize``, ``pca``, ``preprocess``, ...).
 
@@ -180,8 +187,7 @@ def embed_files(
         embedder_options.setdefault("spin", plan.workers == 0)
         embedder = Embedder(model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options)
     out = Path(output)
-    created = not out.exists()
-    store = OutputStore(out, embedder.identity(), embedder.card, shard_size=shard_size)
+    store = OutputStore(out, embedder.identity(), embedder.card, shard_size=shard_size, wait=wait)
     timings = Timings()
     failures: list[Failure] = []
     try:
@@ -199,6 +205,7 @@ def embed_files(
             batch_size=batch_size,
             item_timeout=item_timeout,
             timings=timings,
+            decode_budget=decode_budget,
         )
         for batch in batches:
             bad = {f.index: f for f in batch.failures}
@@ -217,10 +224,7 @@ def embed_files(
             if on_batch:
                 on_batch(len(batch), list(bad.values()))
     except BaseException:
-        with contextlib.suppress(Exception):  # keep the rows of the inputs done so far
-            store.close()
-        if created and not store.shards():  # nothing was written: leave no half-made folder
-            shutil.rmtree(out, ignore_errors=True)
+        store.abort()  # keeps the rows done so far; a folder it made that holds nothing goes; unlocks
         raise
     counts = store.close(npy=npy)
     seconds = time.perf_counter() - started

@@ -18,8 +18,18 @@ the CLI (processes) all run :func:`stream`. Layout of one run::
 - Decoding overlaps with inference (ONNX Runtime releases the GIL).
 - At most ``window`` items are between the input iterator and the yielded batches, so memory
   does not grow with the number of inputs.
+- **Decode budget.** At most ``window`` items are in flight, but one image's decoded pixels can
+  be ~100x its file (a 490 KB PNG of 13000 x 13000 decodes to 676 MB). So every decoder (a
+  decode thread, a worker process, the feeder thread) reads the image's header first (size
+  known, nothing decoded; JPEG draft scaling already applied), takes that many pixels from one
+  :class:`~imgbeddings.budget.DecodeBudget` shared by all of them, decodes and shrinks the
+  image, and gives the pixels back once only the small ``size x size`` output remains. Requests are served in
+  arrival order; an image larger than the whole budget is decoded alone. The parent takes
+  back what a crashed or hung worker held when it replaces the worker. Default budget:
+  :func:`~imgbeddings.budget.default_decode_budget`.
 - Failures are values (:class:`~imgbeddings.errors.Failure`), never exceptions that abort the
-  stream; callers decide (``Embedder.embed`` and ``--strict`` stop at the first).
+  stream; callers decide (``Embedder.embed`` and ``--strict`` stop at the first). So is a model
+  output with NaN or inf in it: that input becomes a ``NonFiniteOutput`` failure.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -43,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from . import settings
+from .budget import DecodeBudget, default_decode_budget
 from .errors import Failure, ImgbeddingsError, InputError, OptionError, describe
 from .images import ops
 from .images.preprocess import Preprocessor
@@ -105,6 +116,12 @@ class Timings:
     inference: float = 0.0
     items: int = 0
     worker_restarts: int = 0
+    #: the decode budget of the run (megapixels), and what it did: seconds decoders waited for
+    #: it (summed), the most images and megapixels being decoded at the same time.
+    budget_mp: float = 0.0
+    budget_wait: float = 0.0
+    peak_decoding: int = 0
+    peak_decoding_mp: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_decode(self, decode: float, geometry: float) -> None:
@@ -144,23 +161,73 @@ def plan_threads(
 # --- decoding (runs in decode threads and worker processes) -----------------------------------
 
 
-def _decode(pre: Preprocessor, index: int, item: Any) -> tuple:
+def _decode(
+    pre: Preprocessor,
+    index: int,
+    item: Any,
+    budget: DecodeBudget | None = None,
+    slot: int | None = None,
+    on_wait: Callable[[], Any] | None = None,
+) -> tuple:
     """Decode one item to its uint8 (S, S, 3) geometry: ``("ok", index, array, decode_s,
-    geometry_s)`` or ``("err", index, Failure)``. Never raises."""
+    geometry_s)`` or ``("err", index, Failure)``. Never raises for a bad item.
+
+    With a ``budget``, the image's pixels are taken from it between reading the header and
+    decoding, and given back once the full-size image is dropped (``slot``, ``on_wait``: see
+    :meth:`DecodeBudget.acquire`; an error raised while waiting is re-raised, not reported as
+    the item's failure). ``decode_s`` leaves out the time spent waiting for the budget.
+    """
+    waited = 0.0
+    abort: BaseException | None = None
+
+    def reserve(pixels: int) -> None:
+        nonlocal waited, abort
+        try:
+            waited += budget.acquire(pixels, slot, on_wait)  # type: ignore[union-attr]
+        except BaseException as exc:
+            abort = exc
+            raise
+
     t0 = time.perf_counter()
     try:
-        img = pre.load(item, index)
+        img = pre.load(item, index, reserve if budget is not None else None)
         t1 = time.perf_counter()
         arr = np.asarray(pre.geometry(img), dtype=np.uint8)
-        return ("ok", index, arr, t1 - t0, time.perf_counter() - t1)
-    except InputError as exc:
-        return ("err", index, Failure.from_error(exc, index))
-    except Exception as exc:  # a bug or an unexpected decoder error: report it, keep going
+        del img  # the full-size image goes before its pixels go back to the budget
+        return ("ok", index, arr, t1 - t0 - waited, time.perf_counter() - t1)
+    except Exception as exc:
+        if abort is not None:
+            raise abort from None
+        if isinstance(exc, InputError):
+            return ("err", index, Failure.from_error(exc, index))
+        # a bug or an unexpected decoder error: report it, keep going
         return (
             "err",
             index,
             Failure(index, describe(item), "ImageDecodeError", f"{type(exc).__name__}: {exc}"),
         )
+    finally:
+        if budget is not None:
+            budget.release(slot)
+
+
+#: In a worker process: the stream's decode budget and this worker's slot in it.
+_WORKER_BUDGET: tuple[DecodeBudget, int] | None = None
+
+
+def _worker_entry(
+    target: Callable[..., None],
+    budget: DecodeBudget | None,
+    slot: int,
+    conn: Connection,
+    spec: PreprocessSpec,
+    mode: str,
+    max_pixels: int | None,
+) -> None:
+    """What a worker process runs: note its budget slot, then run ``target`` (the decode loop)."""
+    global _WORKER_BUDGET
+    _WORKER_BUDGET = (budget, slot) if budget is not None else None
+    target(conn, spec, mode, max_pixels)
 
 
 def _worker_main(conn: Connection, spec: PreprocessSpec, mode: str, max_pixels: int | None) -> None:
@@ -169,6 +236,7 @@ def _worker_main(conn: Connection, spec: PreprocessSpec, mode: str, max_pixels: 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     pre = Preprocessor(spec, mode, max_pixels)  # type: ignore[arg-type]
+    budget, slot = _WORKER_BUDGET or (None, None)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -178,7 +246,7 @@ def _worker_main(conn: Connection, spec: PreprocessSpec, mode: str, max_pixels: 
         if msg is None:
             return
         index, item = msg
-        conn.send(_decode(pre, index, item))
+        conn.send(_decode(pre, index, item, budget, slot))
 
 
 @contextlib.contextmanager
@@ -196,6 +264,12 @@ def _main_module_hidden() -> Iterator[None]:
         yield
     finally:
         sys.modules["__main__"] = real
+
+
+def worker_context() -> Any:
+    """The multiprocessing context of decode worker processes (never ``fork``: the parent has
+    threads, ONNX Runtime's among them)."""
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 
 
 def _picklable(item: Any) -> bool:
@@ -219,6 +293,7 @@ class _Feeder(threading.Thread):
         slots: threading.Semaphore,
         out: queue.Queue,
         timings: Timings,
+        budget: DecodeBudget | None = None,
     ) -> None:
         super().__init__(name="imgbeddings-feeder", daemon=True)
         self.items = items
@@ -227,6 +302,7 @@ class _Feeder(threading.Thread):
         self.slots = slots
         self.out = out
         self.timings = timings
+        self.budget = budget
         self.stop_event = threading.Event()
         self._exhausted = False
 
@@ -252,7 +328,10 @@ class _Feeder(threading.Thread):
             self.out.put((index, item, False, msg[2]))
 
     def _decode_here(self, index: int, item: Any) -> None:
-        self._result(item, _decode(self.pre, index, item))
+        self._result(item, _decode(self.pre, index, item, self.budget, None, self._budget_wait))
+
+    #: What a thread of this process does while it waits for decode budget (None: sleep).
+    _budget_wait: Callable[[], Any] | None = None
 
 
 class _ThreadFeeder(_Feeder):
@@ -278,6 +357,7 @@ class _ThreadFeeder(_Feeder):
 class _Worker:
     process: Any
     conn: Connection
+    slot: int
     queue: deque = field(default_factory=deque)  # (index, item) sent, not answered; [0] is in work
     busy_since: float = 0.0
     ready: bool = False
@@ -296,21 +376,25 @@ class _ProcessFeeder(_Feeder):
         self.per_worker = per_worker
         self.workers: list[_Worker] = []
         self.retry: deque = deque()  # (index, item) to send again after a worker died
-        self.ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self.ctx = worker_context()
+        # While this thread waits for decode budget (an in-memory item), it keeps collecting
+        # results and replacing dead workers: a dead worker's budget comes back only that way.
+        self._budget_wait = self._collect
 
     # -- worker management --
-    def _start_worker(self) -> _Worker:
+    def _start_worker(self, slot: int) -> _Worker:
         parent, child = self.ctx.Pipe()
+        spec = (child, self.pre.spec, self.pre.mode, self.pre.max_pixels)
         proc = self.ctx.Process(
-            target=self.worker_target,
-            args=(child, self.pre.spec, self.pre.mode, self.pre.max_pixels),
+            target=_worker_entry,
+            args=(self.worker_target, self.budget, slot, *spec),
             name="imgbeddings-decode",
             daemon=True,
         )
         with _main_module_hidden():
             proc.start()
         child.close()
-        return _Worker(proc, parent)
+        return _Worker(proc, parent, slot)
 
     def _stop_worker(self, w: _Worker, kill: bool = False) -> None:
         if kill:
@@ -333,7 +417,9 @@ class _ProcessFeeder(_Feeder):
             self.out.put((index, item, False, Failure(index, describe(item), "WorkerCrashed", reason)))
         self.retry.extendleft(reversed(w.queue))
         self._stop_worker(w, kill=True)
-        self.workers[self.workers.index(w)] = self._start_worker()
+        if self.budget is not None:
+            self.budget.reclaim(w.slot)  # what it held while decoding goes back to the others
+        self.workers[self.workers.index(w)] = self._start_worker(w.slot)
         self.timings.worker_restarts += 1
 
     # -- main loop --
@@ -376,6 +462,8 @@ class _ProcessFeeder(_Feeder):
                     pass
             if not w.process.is_alive():
                 self._replace(w, f"decoder worker process died (exit code {w.process.exitcode}) on this file")
+            elif w.queue and self.budget is not None and self.budget.waiting(w.slot):
+                w.busy_since = time.monotonic()  # waiting for decode budget is not hanging
             elif w.queue and time.monotonic() - w.busy_since > self.item_timeout:
                 self._replace(w, f"decoding took longer than {self.item_timeout:g} s; worker stopped")
 
@@ -392,7 +480,7 @@ class _ProcessFeeder(_Feeder):
     def run(self) -> None:
         count = 0
         try:
-            self.workers = [self._start_worker() for _ in range(self.n_workers)]
+            self.workers = [self._start_worker(slot) for slot in range(self.n_workers)]
             while not self.stop_event.is_set():
                 count = max(count, self._dispatch())
                 if self._exhausted and not self.retry and not any(w.queue for w in self.workers):
@@ -420,6 +508,7 @@ def stream(
     window: int | None = None,
     item_timeout: float = DEFAULT_ITEM_TIMEOUT,
     timings: Timings | None = None,
+    decode_budget: float | None = None,
 ) -> Iterator[Batch]:
     """Embed ``inputs`` (any iterable, read lazily) with ``embedder``; yields :class:`Batch`
     objects in input order as soon as each is ready. Bad inputs never stop the stream.
@@ -433,25 +522,37 @@ def stream(
             of exactly ``batch_size`` inputs (the last may be shorter), whatever the backend.
         window: most inputs in flight at once (default ``3 * batch_size``): bounds memory.
         item_timeout: seconds before a hung decode worker is replaced (``processes`` only).
-        timings: a :class:`Timings` to accumulate the time split into.
+        timings: a :class:`Timings` to accumulate the time split into (and what the decode
+            budget did).
+        decode_budget: megapixels being decoded at once, across all decode threads or worker
+            processes of this stream (default: :func:`~imgbeddings.budget.default_decode_budget`,
+            which reads ``IMGBEDDINGS_DECODE_BUDGET_MP``). An image larger than the budget is
+            decoded alone.
     """
     size = batch_size or embedder.batch_size
     if size < 1:
         raise OptionError(f"batch_size must be >= 1, got {size}")
+    if decode_budget is not None and not decode_budget > 0:
+        raise OptionError(f"decode_budget must be > 0 megapixels, got {decode_budget}")
+    if backend not in ("threads", "processes"):
+        raise ValueError(f"backend must be 'threads' or 'processes', got {backend!r}")
     window = max(window or 3 * size, size)
     workers = embedder.decode_workers if workers is None else workers
     timings = timings if timings is not None else Timings()
+    pixels = round(decode_budget * 1e6) if decode_budget is not None else default_decode_budget()
     slots = threading.Semaphore(window)
     out: queue.Queue = queue.Queue()
-    common = (enumerate(inputs), embedder.preprocessor, workers, slots, out, timings)
     feeder: _Feeder
     if backend == "processes":
+        # slots: one per worker process, then the feeder thread (in-memory items; workers=0)
+        ctx = worker_context() if workers else None  # no worker processes: no shared memory needed
+        budget = DecodeBudget(pixels, workers + 2, ctx, first_local_slot=workers)
+        common = (enumerate(inputs), embedder.preprocessor, workers, slots, out, timings, budget)
         per_worker = max(2, math.ceil(window / max(1, workers)))
         feeder = _ProcessFeeder(*common, item_timeout=item_timeout, per_worker=per_worker)
-    elif backend == "threads":
-        feeder = _ThreadFeeder(*common)
     else:
-        raise ValueError(f"backend must be 'threads' or 'processes', got {backend!r}")
+        budget = DecodeBudget(pixels, max(1, workers) + 2)  # one slot per decode thread
+        feeder = _ThreadFeeder(enumerate(inputs), embedder.preprocessor, workers, slots, out, timings, budget)
     spec = embedder.card.preprocess
     lut = ops.standardize_lut(spec.rescale, spec.mean, spec.std)
     pending: dict[int, tuple[Any, bool, Any]] = {}
@@ -483,6 +584,10 @@ def stream(
     finally:
         feeder.stop_event.set()
         feeder.join(timeout=30)
+        budget.record(timings)
+
+
+_NON_FINITE = "the model returned NaN or inf for this input"
 
 
 def _run_batch(
@@ -501,5 +606,15 @@ def _run_batch(
         vectors[ok] = embedder.run(pixels)
     timings.tensor += t1 - t0
     timings.inference += time.perf_counter() - t1
-    failures = [e[2] for e in entries if not e[1]]
-    return Batch(start, [e[0] for e in entries], vectors, ok, failures)
+    # A row with NaN or inf (a broken model, or a card whose values the model cannot take) is
+    # that input's failure, never a stored vector.
+    bad = ok & ~np.isfinite(vectors).all(axis=1)
+    failures = {}
+    for offset, (item, good, payload) in enumerate(entries):
+        if bad[offset]:
+            failures[offset] = Failure(start + offset, describe(item), "NonFiniteOutput", _NON_FINITE)
+        elif not good:
+            failures[offset] = payload
+    vectors[bad] = np.nan
+    ok &= ~bad
+    return Batch(start, [e[0] for e in entries], vectors, ok, [failures[k] for k in sorted(failures)])

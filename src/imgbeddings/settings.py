@@ -86,3 +86,71 @@ def available_cpus() -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+def decode_budget_mp() -> float | None:
+    """``IMGBEDDINGS_DECODE_BUDGET_MP``: megapixels being decoded at once across all decode workers
+    (see :func:`imgbeddings.budget.default_decode_budget`); None when unset or empty."""
+    value = os.environ.get("IMGBEDDINGS_DECODE_BUDGET_MP", "").strip()
+    if not value:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = math.nan
+    if not budget > 0 or math.isinf(budget):
+        from .errors import OptionError
+
+        raise OptionError(f"IMGBEDDINGS_DECODE_BUDGET_MP must be a number of megapixels > 0, got {value!r}")
+    return budget
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _cgroup_memory_left(
+    root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes the cgroup may still allocate (limit - usage), None if unlimited or unknown. cgroup v2:
+    the tightest of this process's own cgroup (named in ``own``) and its ancestors; else v1."""
+    path = ""
+    try:
+        for line in own.read_text().splitlines():
+            if line.startswith("0::"):  # v2: "0::/path/of/the/cgroup"
+                path = line[3:].strip().strip("/")
+    except OSError:
+        pass
+    parts = path.split("/") if path else []
+    left = []
+    for depth in range(len(parts), -1, -1):  # own folder, its parents, the root
+        folder = root.joinpath(*parts[:depth])
+        limit = _read_int(folder / "memory.max")
+        if limit is not None:
+            left.append(max(0, limit - (_read_int(folder / "memory.current") or 0)))
+    if left:
+        return min(left)
+    limit = _read_int(root / "memory" / "memory.limit_in_bytes")
+    if limit is not None and limit < 1 << 60:  # v1 reports "no limit" as a huge number
+        return max(0, limit - (_read_int(root / "memory" / "memory.usage_in_bytes") or 0))
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still use: ``MemAvailable`` (Linux), capped by what the cgroup's
+    memory limit leaves; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = _cgroup_memory_left()
+    if cgroup is not None:
+        found.append(cgroup)
+    return min(found) if found else None

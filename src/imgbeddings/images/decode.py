@@ -15,6 +15,13 @@ What real files contain is handled explicitly:
   own ``DecompressionBombWarning`` (raised from ~89 MP, half our default limit) is silenced
   for images this limit governs, inside this module only: the program's warning filters are
   left as they were.
+
+Files are identified from their header: a path is opened and Pillow reads the first few KB,
+so a 3 GB video named ``.jpg`` is refused without being read; the image is decoded while the
+file is open and the file is closed before :func:`load_image` returns. Between the header and
+the decoding, ``load_image`` tells its caller how many pixels it is about to decode
+(``reserve``: the pipeline's decode budget), and no full-size copy is made that the result does
+not need (an upright image is not copied by the EXIF step, an RGBA one not converted to RGBA).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import os
 import stat
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -63,9 +70,16 @@ def _over_pillow_threshold(img: Image.Image) -> bool:
     return limit is not None and img.size[0] * img.size[1] > limit
 
 
-def _open(item: Any, source: str, quiet: bool = False) -> Image.Image:
-    """Open (lazily) whatever ``item`` is; raises InputError subclasses. ``quiet``: no
-    DecompressionBombWarning (the caller checks the size itself)."""
+@contextlib.contextmanager
+def _opened(item: Any, source: str, quiet: bool = False) -> Iterator[Image.Image]:
+    """Open (lazily: only the header is read) whatever ``item`` is; raises InputError subclasses.
+    ``quiet``: no DecompressionBombWarning (the caller checks the size itself).
+
+    A path is opened here and Pillow identifies the image from the first bytes of the stream, so
+    a huge file that is not an image is refused after reading a few KB, never read whole. The
+    file stays open while the caller decodes inside the ``with`` block and is closed when it
+    leaves: no file handle outlives the call.
+    """
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.exists(path):
@@ -75,31 +89,41 @@ def _open(item: Any, source: str, quiet: bool = False) -> Image.Image:
             raise ImageNotFound(source, "is a directory, not an image file")
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
             raise ImageDecodeError(source, "not a regular file (a pipe, socket or device)")
-        # Read the file whole (compressed bytes, a few MB) so no file handle outlives this call.
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            fh = open(path, "rb")  # closed by the `with fh` below, after decoding
         except PermissionError as exc:
             raise ImageDecodeError(source, "permission denied") from exc
         except OSError as exc:
             raise ImageDecodeError(source, f"cannot read file: {exc.strerror or exc}") from exc
-        if not data:
-            raise ImageDecodeError(source, "empty file (0 bytes)")
-        with _no_bomb_warning(quiet):
-            return Image.open(io.BytesIO(data))
+        with fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise ImageDecodeError(source, "empty file (0 bytes)")
+            with _no_bomb_warning(quiet):
+                img = Image.open(fh)
+            yield img
+        return
     if isinstance(item, (bytes, bytearray, memoryview)):
         if len(item) == 0:
             raise ImageDecodeError(source, "empty data (0 bytes)")
         with _no_bomb_warning(quiet):
-            return Image.open(io.BytesIO(bytes(item)))
+            img = Image.open(io.BytesIO(bytes(item)))
+        yield img
+        return
     if hasattr(item, "read"):
         with _no_bomb_warning(quiet):
-            return Image.open(item)
+            img = Image.open(item)
+        yield img
+        return
     raise InputError(
         source,
         f"unsupported input type {type(item).__name__}; expected a path, bytes, a binary file, "
         "a PIL image or a uint8 NumPy array",
     )
+
+
+@contextlib.contextmanager
+def _in_memory(img: Image.Image) -> Iterator[Image.Image]:
+    yield img
 
 
 def _from_array(arr: np.ndarray, source: str) -> Image.Image:
@@ -159,13 +183,25 @@ def to_rgb(img: Image.Image, alpha_background: tuple[int, int, int] = (255, 255,
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         if img.mode == "La":  # premultiplied grey+alpha: Pillow converts it only to LA
             img = img.convert("LA")
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, alpha_background)
-        background.paste(rgba, mask=rgba.getchannel("A"))
+        background.paste(rgba, mask=rgba)  # an RGBA mask means its alpha band, without a copy of it
         return background
     if img.mode.startswith("I") or img.mode == "F":
         img = _scale_to_8bit(img)
     return img.convert("RGB")
+
+
+_ORIENTATION = 0x0112
+
+
+def _exif_transpose(img: Image.Image, copy: bool) -> Image.Image:
+    """``img`` turned upright as its EXIF orientation says. An upright image is returned as it
+    is (Pillow's ``exif_transpose`` would copy it: one more full-size image in memory), except a
+    caller's own image when ``copy``, so the caller's object is never handed back."""
+    if img.getexif().get(_ORIENTATION, 1) in range(2, 9):
+        return ImageOps.exif_transpose(img)
+    return img.copy() if copy else img
 
 
 def load_image(
@@ -176,6 +212,7 @@ def load_image(
     exif_transpose: bool = True,
     draft_long_side: int | None = None,
     index: int | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> Image.Image:
     """Decode ``item`` to a fully loaded RGB image.
 
@@ -188,6 +225,10 @@ def load_image(
         draft_long_side: if set, JPEGs may be decoded at a reduced scale (libjpeg's DCT
             scaling) as long as the long side stays at least this many pixels.
         index: the item's position in a batch, put into error messages.
+        reserve: called with the number of pixels about to be decoded (after any draft
+            scaling), once the header has been read and before decoding starts; it may block
+            until that much memory may be used (the pipeline's decode budget). The caller
+            gives it back once it has dropped the returned image.
 
     Raises:
         ImageNotFound: missing path, directory, broken link.
@@ -199,19 +240,22 @@ def load_image(
     quiet = max_pixels is not None  # our own limit governs; Pillow's warning would be noise
     try:
         if isinstance(item, np.ndarray):
-            img = _from_array(item, source)
+            opened = _in_memory(_from_array(item, source))
         elif isinstance(item, Image.Image):
-            img = item
+            opened = _in_memory(item)
         else:
-            img = _open(item, source, quiet)
-        _check_pixels(img, max_pixels, source)
-        if draft_long_side and not isinstance(item, Image.Image):
-            _apply_draft(img, draft_long_side)
-        with _no_bomb_warning(quiet and _over_pillow_threshold(img)):
-            img.load()
-        if exif_transpose:
-            img = ImageOps.exif_transpose(img)
-        return to_rgb(img, alpha_background)
+            opened = _opened(item, source, quiet)
+        with opened as img:
+            _check_pixels(img, max_pixels, source)
+            if draft_long_side and not isinstance(item, Image.Image):
+                _apply_draft(img, draft_long_side)  # changes img.size to what will be decoded
+            if reserve is not None:
+                reserve(img.size[0] * img.size[1])
+            with _no_bomb_warning(quiet and _over_pillow_threshold(img)):
+                img.load()
+            if exif_transpose:
+                img = _exif_transpose(img, copy=isinstance(item, Image.Image))
+            return to_rgb(img, alpha_background)
     except InputError as exc:
         if index is None:
             raise
@@ -222,5 +266,9 @@ def load_image(
         raise ImageDecodeError(source, "not an image file Pillow can identify", index) from exc
     except MemoryError as exc:
         raise ImageTooLarge(source, "not enough memory to decode this image", index) from exc
+    except OSError as exc:
+        if exc.errno is not None:  # the disk or the file system failed while decoding read the file
+            raise ImageDecodeError(source, f"cannot read file: {exc.strerror or exc}", index) from exc
+        raise ImageDecodeError(source, f"cannot decode image: {type(exc).__name__}: {exc}", index) from exc
     except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
         raise ImageDecodeError(source, f"cannot decode image: {type(exc).__name__}: {exc}", index) from exc

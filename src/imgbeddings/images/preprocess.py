@@ -13,7 +13,7 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -52,8 +52,11 @@ class Preprocessor:
         """Side of the square input tensor."""
         return self.spec.size
 
-    def load(self, item: Any, index: int | None = None) -> Image.Image:
-        """Decode one item to RGB (draft-decoding JPEGs in fast mode). Raises InputError."""
+    def load(
+        self, item: Any, index: int | None = None, reserve: Callable[[int], None] | None = None
+    ) -> Image.Image:
+        """Decode one item to RGB (draft-decoding JPEGs in fast mode). Raises InputError.
+        ``reserve``: see :func:`~imgbeddings.images.decode.load_image`."""
         return load_image(
             item,
             max_pixels=self.max_pixels,
@@ -61,6 +64,7 @@ class Preprocessor:
             exif_transpose=self.spec.exif_transpose,
             draft_long_side=2 * self.spec.size if self.mode == "fast" else None,
             index=index,
+            reserve=reserve,
         )
 
     def geometry(self, img: Image.Image) -> Image.Image:
