@@ -242,7 +242,7 @@ class OutputLocked(OutputError):
         return (
             f"{self.path} is being written by another imgbeddings run{still} ({who}); two runs writing "
             "one output at once would lose rows. Let that run finish, or wait for it "
-            "(--wait [SECONDS], or wait= in Python)."
+            "(--wait, or wait= in Python)."
         )
 
 
