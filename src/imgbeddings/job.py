@@ -187,7 +187,15 @@ def embed_files(
         embedder_options.setdefault("spin", plan.workers == 0)
         embedder = Embedder(model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options)
     out = Path(output)
-    store = OutputStore(out, embedder.identity(), embedder.card, shard_size=shard_size, wait=wait)
+    pca = embedder_options.get("pca")
+    sources = {
+        "model": str(model) if not isinstance(model, Embedder) else str(embedder.model_path),
+        "model_path": str(Path(embedder.model_path).resolve()),
+        "pca": str(Path(pca).resolve()) if isinstance(pca, (str, os.PathLike)) else None,
+    }
+    store = OutputStore(
+        out, embedder.identity(), embedder.card, shard_size=shard_size, wait=wait, sources=sources
+    )
     timings = Timings()
     failures: list[Failure] = []
     try:

@@ -227,8 +227,12 @@ class OutputStore:
         *,
         shard_size: int = 4096,
         wait: float | None = None,
+        sources: dict[str, str | None] | None = None,
     ) -> None:
         self.dir = Path(out_dir)
+        #: where the model (and PCA) came from, recorded when the output is created so that a
+        #: query can be embedded the same way later (``imgbeddings.analysis.query``).
+        self.sources = dict(sources or {})
         self.identity = dict(identity)
         self.card = card
         self.dim = int(identity["dim"])
@@ -286,6 +290,7 @@ class OutputStore:
             "mode": self.identity.get("mode"),
             "dim": self.dim,
             "card": self.card.to_dict(),
+            "sources": self.sources,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_bytes(path, (json.dumps(mine, indent=2) + "\n").encode())
