@@ -236,3 +236,29 @@ def test_cli_export(clip_vision, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 4 and "accuracy gate failed" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_export_dynamic_recipe(clip_vision, tmp_path):
+    """``--quantize int8-dynamic`` keeps the per-batch recipe that was the default before static
+    activation scales; the report says how far a vector moves with its batch-mates."""
+    out = tmp_path / "dyn"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgbeddings", "export", str(clip_vision), "-o", str(out), "--kind", "pooled",
+         "--quantize", "int8-dynamic"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "alone vs in a batch: max abs diff" in proc.stderr
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["quantize"] == "int8-dynamic" and "calibration" not in report
+    assert report["int8_batch_dependence"]["max_abs_diff"] > 0.0
+    assert Embedder(out).card.file.precision == "int8-dynamic"
+
+
+def test_default_recipe_reports_its_calibration(clip_vision, tmp_path):
+    result = export_model(clip_vision, tmp_path / "s", kind="pooled", **quiet())
+    assert result.report["quantize"] == "int8" and result.card.file.precision == "int8"
+    assert result.report["calibration"] == {"images": 64, "seed": 101}
+    assert result.report["int8_batch_dependence"] == {"max_abs_diff": 0.0}
+    with pytest.raises(ExportError, match="int8-dynamic"):  # the error lists the recipes
+        export_model(clip_vision, tmp_path / "b", quantize_recipe="int8-static", **quiet())

@@ -129,7 +129,8 @@ def export_cmd(
         str,
         typer.Option(
             metavar="RECIPE",
-            help="int8 (default recipe) | int8-original (QUInt8, the 0.1.0 recipe) | int8-plain | none.",
+            help="int8 (default: static scales, batch-invariant) | int8-dynamic | int8-original (QUInt8, "
+            "the 0.1.0 recipe) | int8-plain | none.",
         ),
     ] = "int8",
     resize_mode: Annotated[
