@@ -475,6 +475,143 @@ def info_cmd(
     typer.echo(f"fingerprint: {card.fingerprint()}")
 
 
+# --- using the vectors (imgbeddings.analysis; the [analysis] extra) -------------------------------
+
+
+def _readable_path(path: str) -> str:
+    from .store import readable
+
+    return readable(path) or ""
+
+
+@app.command("index")
+def index_cmd(
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    kind: Annotated[
+        str, typer.Option(metavar="KIND", help="auto | flat (exact) | hnsw | ivf | ivf-flat | ivf-pq.")
+    ] = "auto",
+    memory_mb: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            metavar="MB", min=1, help="The most memory the index may take (default: half of what is free)."
+        ),
+    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch.")] = False,
+) -> None:
+    """Build the nearest-neighbour index of OUTPUT (or bring it up to date); search and dedup use it."""
+    from .analysis.index import build_index
+
+    info = build_index(output, kind=kind, memory_budget_mb=memory_mb, rebuild=rebuild)
+    recall = f", recall@10 {info.recall:.3f}" if info.recall is not None else ""
+    err_console.print(
+        f"index {info.action or 'read'}: {info.kind}, {info.rows} vectors x {info.dim}{recall}, "
+        f"{info.size_bytes / 1e6:.1f} MB (+{info.added} -{info.removed}) in {info.seconds:.1f} s",
+        markup=False,
+    )
+    typer.echo(str(info.path))
+
+
+@app.command("search")
+def search_cmd(
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    queries: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="QUERY...", help="Image files (embedded with OUTPUT's model) or paths in OUTPUT."
+        ),
+    ],
+    k: Annotated[int, typer.Option("-k", metavar="K", min=1, help="Results per query.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query on stdout.")] = False,
+    exclude_self: Annotated[
+        bool, typer.Option("--exclude-self", help="Leave a stored query out of its results.")
+    ] = False,
+) -> None:
+    """The most similar images in OUTPUT to each QUERY (cosine similarity)."""
+    import json
+
+    from .analysis.search import search
+
+    results = search(output, queries, k, exclude_self=exclude_self)
+    failed = 0
+    for result in results:
+        if not result.ok:
+            failed += 1
+            err_console.print(f"failed {_readable_path(result.query)}: {result.error}", markup=False)
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            continue
+        if result.ok:
+            typer.echo(f"{_readable_path(result.query)}  ({result.source}, {result.method})")
+            for hit in result.results:
+                typer.echo(f"  {hit.rank:>3}  {hit.score:.4f}  {_readable_path(hit.path)}")
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@app.command("dedup")
+def dedup_cmd(
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    threshold: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            metavar="T",
+            min=-1,
+            max=1,
+            help="Cosine at or above which images are near-duplicates (default: calibrated).",
+        ),
+    ] = None,
+    report: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            metavar="FILE", help="Write the groups to FILE.parquet or FILE.csv (path, group, keep, score)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per group on stdout.")] = False,
+    move_to: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            metavar="DIR", help="Move the images that are not kept into DIR (writes a manifest to undo it)."
+        ),
+    ] = None,
+) -> None:
+    """Near-duplicate groups in OUTPUT, each around the image it keeps (nothing is moved unless asked)."""
+    import json
+
+    from .analysis.dedup import dedup
+    from .analysis.dedup_files import move_to as move_files
+    from .analysis.dedup_files import write_report
+
+    result = dedup(output, threshold=threshold)
+    how = "given" if result.calibration is None else "calibrated on the collection"
+    err_console.print(
+        f"threshold {result.threshold:.4f} ({how}); {result.compared} images compared ({result.method}), "
+        f"{len(result.groups)} group(s), {result.duplicates} near-duplicate(s)",
+        markup=False,
+    )
+    if result.calibration is not None and not result.calibration.separated:
+        err_console.print(
+            "warning: altered copies and distinct images overlap in similarity: the threshold is a "
+            "compromise; check the groups or pass --threshold",
+            markup=False,
+        )
+    for group in result.groups:
+        if as_json:
+            typer.echo(json.dumps(group, ensure_ascii=False))
+        else:
+            typer.echo(f"group {group['group']}: keep {_readable_path(group['keep'])}")
+            for member in group["members"][1:]:
+                typer.echo(f"  {member['score']:.4f}  {_readable_path(member['path'])}")
+    if report is not None:
+        err_console.print(f"report: {write_report(result, report)}", markup=False)
+    if move_to is not None:
+        moved = move_files(result, move_to)
+        err_console.print(
+            f"moved {len(moved.done)} file(s) to {move_to} ({len(moved.skipped)} skipped); undo with the "
+            f"manifest {moved.manifest}",
+            markup=False,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning imgbeddings errors into one line + exit code.
 
