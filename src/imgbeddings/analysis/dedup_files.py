@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -105,7 +106,7 @@ def _move_file(src: str, dst: str) -> None:
     try:
         os.rename(src, dst)
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV: another file system, copy then remove
+        if exc.errno != errno.EXDEV:  # another file system: copy, then remove the original
             raise
         tmp = f"{dst}.imgbeddings-tmp"
         shutil.copy2(src, tmp, follow_symlinks=False)

@@ -91,11 +91,11 @@ def ann_pairs(x: np.ndarray, t: float, k: int) -> Neighbours:
     faiss = _faiss()
     n, d = x.shape
     nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
-    train = np.unique(np.linspace(0, n - 1, min(n, max(50_000, 64 * nlist))).astype(np.int64))
+    train = np.unique(np.linspace(0, n - 1, min(n, max(50_000, 39 * nlist))).astype(np.int64))
     width = min(ANN_DIM, d)
     if width < d:
         pca = faiss.PCAMatrix(d, width)  # orthonormal rows: projected distances <= full distances
-        pca.train(np.ascontiguousarray(x[train[:: max(1, len(train) // 50_000)]]))
+        pca.train(np.ascontiguousarray(x[train[:: max(1, len(train) // 20_000)]]))
 
         def project(rows: np.ndarray) -> np.ndarray:
             return pca.apply(np.ascontiguousarray(rows))
@@ -106,7 +106,7 @@ def ann_pairs(x: np.ndarray, t: float, k: int) -> Neighbours:
 
     step = 65_536  # rows projected at a time: no full-width copy of many rows
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(width), width, nlist, faiss.METRIC_L2)
-    index.cp.niter, index.cp.max_points_per_centroid, index.cp.seed = _KMEANS_ITERATIONS, 64, 1234
+    index.cp.niter, index.cp.max_points_per_centroid, index.cp.seed = _KMEANS_ITERATIONS, 39, 1234
     index.train(np.concatenate([project(x[train[s : s + step]]) for s in range(0, len(train), step)]))
     for start in range(0, n, step):
         index.add(project(x[start : start + step]))

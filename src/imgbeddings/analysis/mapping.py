@@ -31,6 +31,7 @@ program's own matplotlib backend is left alone).
 from __future__ import annotations
 
 import html
+import math
 import os
 import warnings
 from collections import Counter
@@ -55,7 +56,8 @@ DEFAULT_THUMBNAILS = 1500
 MAP_MINIMUM = 4
 _FIGURE_INCHES = 12
 _DPI = 150
-_MAX_GROUPS = 20  # coloured groups; the rest are drawn as "other"
+_GROUP_COLOURS = 18  # groups with a colour of their own (tab20 without its greys); the rest grey
+_LEGEND_COLUMNS = 6
 _GREY = "#b0b0b0"
 _CELLS = (0.75, 0.5)  # grid cell width as a share of the thumbnail side: coarsest, finest
 _ASPECTS = (0.5, 2.0)  # the map's height / width is kept within these
@@ -319,9 +321,13 @@ def draw_map(
     xy = result.xy
     groups = result.groups or [""] * len(result)
     colours = palette(groups)
+    counts = Counter(groups)
+    named = [g for g in sorted(counts, key=lambda g: (-counts[g], g)) if colours[g] != _GREY]
+    grey = sum(n for g, n in counts.items() if colours[g] == _GREY)
+    legend_rows = math.ceil((len(named) + (grey > 0)) / _LEGEND_COLUMNS) if result.groups else 0
     (x0, x1), (y0, y1) = _plot_box(xy)
     aspect = (y1 - y0) / (x1 - x0)  # the figure takes the layout's shape: no empty bands
-    edge, header = 0.1, 0.35  # inches: around the plot, and above it for the title
+    edge, header = 0.1, 0.35 + 0.2 * legend_rows  # inches: around the plot; above it, title and legend
     if aspect <= 1:
         width = _FIGURE_INCHES - 2 * edge
         height = width * aspect
@@ -343,16 +349,23 @@ def draw_map(
     drawn = 0
     if thumbnails:
         drawn = _draw_thumbnails(ax, result, groups, colours, max_thumbnails, thumb_px)
-    if result.groups:
-        counts = Counter(groups)
-        named = [g for g in sorted(counts, key=lambda g: (-counts[g], g)) if colours[g] != _GREY]
-        named = named[:_MAX_GROUPS]
-        if named and len(set(groups)) <= 2 * _MAX_GROUPS:
-            handles = [
-                Line2D([], [], marker="o", linestyle="", color=colours[g], label=f"{g} ({counts[g]:,})")
-                for g in named
-            ]
-            ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.85, title=result.color_by)
+    if legend_rows:  # in the header, above the plot: it never covers points
+        prefix = "cluster " if result.color_by == "cluster" else ""
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=colours[g], label=f"{prefix}{g} ({counts[g]:,})")
+            for g in named
+        ]
+        if grey:
+            rest = "noise, unlabelled, other" if len(named) == _GROUP_COLOURS else "noise, unlabelled"
+            handles.append(Line2D([], [], marker="o", linestyle="", color=_GREY, label=f"{rest} ({grey:,})"))
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 1 - 0.3 / fig_h),
+            ncol=min(len(handles), _LEGEND_COLUMNS),
+            fontsize=8,
+            frameon=False,
+        )
     path = Path(out_png)
     _atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI))
     return drawn
@@ -457,8 +470,8 @@ def write_html(result: MapResult, path: str | os.PathLike[str], *, title: str | 
     counts = Counter(groups)
     legend = "".join(
         f'<li><span style="color:{colours[g]}">&#9679;</span> {html.escape(g)} ({counts[g]:,})</li>'
-        for g in sorted(counts, key=lambda g: (-counts[g], g))[: 2 * _MAX_GROUPS]
-        if g
+        for g in sorted(counts, key=lambda g: (-counts[g], g))
+        if colours[g] != _GREY
     )
     heading = html.escape(title or _describe(result))
     page = (

@@ -81,13 +81,15 @@ class VectorSet:
         return cls([str(i) for i in range(len(matrix))] if paths is None else list(paths), matrix)
 
     def unit(self, *, center: bool = False) -> np.ndarray:
-        """L2-normalised rows (float32, a new array); with ``center``, the mean vector is
-        subtracted first, which removes a component all vectors share (the original models'
-        legacy vectors have a large one: unrelated photos often score 0.7-0.95 raw)."""
-        x = np.asarray(self.vectors, dtype=np.float32)
+        """L2-normalised rows (float32, a new array). With ``center``: normalised, the mean of
+        the unit rows subtracted, normalised again — which removes a direction all vectors share
+        (the original models' legacy vectors have a large one: unrelated photos often score
+        0.7-0.95 raw). Centring before normalising fails when lengths vary (measured in
+        ``benchmarks/bench_map.py --quality``: k-means ARI 0.01 against 1.00)."""
+        x = l2_rows(np.asarray(self.vectors, dtype=np.float32))
         if center and len(x):
-            x = x - x.mean(axis=0, keepdims=True)
-        return l2_rows(x)
+            x = l2_rows(x - x.mean(axis=0, keepdims=True))
+        return x
 
     def index_of(self) -> dict[str, int]:
         """Row of each path."""
