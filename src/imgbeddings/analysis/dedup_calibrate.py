@@ -101,7 +101,7 @@ class Calibration:
             + (
                 ""
                 if self.separated
-                else " (the two overlap: some copies or some distinct images will be misjudged)"
+                else " (they overlap: set at the distinct images' q95; the least similar copies are missed)"
             ),
         ]
         return "\n".join(lines)
