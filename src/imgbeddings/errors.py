@@ -110,6 +110,11 @@ class OptionError(ImgbeddingsError, ValueError):
     (e.g. a PCA fitted on vectors of another width). The CLI reports it as a usage error."""
 
 
+class MissingExtra(ImgbeddingsError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (``pip install 'imgbeddings[analysis]'``)."""
+
+
 # --- models ----------------------------------------------------------------------------
 
 

@@ -87,6 +87,10 @@ class JobResult:
     #: Inputs skipped because they failed in an earlier run and are unchanged (not retried
     #: without ``retry_failed``); they are among ``counts.skipped``.
     failed_before: int = 0
+    #: (path, long side / short side) of the images of this run more than
+    #: :data:`~imgbeddings.images.preprocess.EXTREME_ASPECT`: 1, whose vectors are less reliable
+    #: (README, "Design notes").
+    extreme_aspect: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -198,6 +202,7 @@ def embed_files(
     )
     timings = Timings()
     failures: list[Failure] = []
+    extreme: list[tuple[str, float]] = []
     try:
         todo, skipped, failed_before = plan_work(
             paths, store, recursive=recursive, retry_failed=retry_failed, stdin=stdin
@@ -229,6 +234,7 @@ def embed_files(
                 else:
                     failures.append(failure)
                     store.add(path, size, mtime, None, failure.error, failure.message)
+            extreme.extend(batch.extreme())
             if on_batch:
                 on_batch(len(batch), list(bad.values()))
     except BaseException:
@@ -236,4 +242,6 @@ def embed_files(
         raise
     counts = store.close(npy=npy)
     seconds = time.perf_counter() - started
-    return JobResult(out, counts, seconds, timings, failures, plan.workers, plan.threads, failed_before)
+    return JobResult(
+        out, counts, seconds, timings, failures, plan.workers, plan.threads, failed_before, extreme
+    )

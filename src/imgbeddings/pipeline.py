@@ -56,7 +56,7 @@ from . import settings
 from .budget import DecodeBudget, default_decode_budget
 from .errors import Failure, ImgbeddingsError, InputError, OptionError, describe
 from .images import ops
-from .images.preprocess import Preprocessor
+from .images.preprocess import EXTREME_ASPECT, Preprocessor
 from .models.cards import PreprocessSpec
 
 if TYPE_CHECKING:
@@ -83,6 +83,16 @@ class Batch:
     vectors: np.ndarray
     ok: np.ndarray
     failures: list[Failure] = field(default_factory=list)
+    #: Long side / short side of each decoded image (NaN where it failed); above
+    #: :data:`~imgbeddings.images.preprocess.EXTREME_ASPECT`, its vector is less reliable.
+    aspect: np.ndarray | None = None
+
+    def extreme(self) -> list[tuple[Any, float]]:
+        """``(item, aspect)`` of the inputs more than :data:`EXTREME_ASPECT`: 1 (long side to short)."""
+        if self.aspect is None:
+            return []
+        rows = np.flatnonzero(self.aspect > EXTREME_ASPECT)
+        return [(self.items[i], float(self.aspect[i])) for i in rows]
 
     @property
     def good(self) -> np.ndarray:
@@ -96,13 +106,17 @@ class Batch:
     def concat(cls, batches: Sequence[Batch], dim: int) -> Batch:
         """One Batch from consecutive ones (an empty one of width ``dim`` if there are none)."""
         if not batches:
-            return cls(0, [], np.empty((0, dim), dtype=np.float32), np.empty(0, dtype=bool), [])
+            empty = np.empty(0, dtype=np.float32)
+            return cls(0, [], np.empty((0, dim), dtype=np.float32), np.empty(0, dtype=bool), [], empty)
         return cls(
             batches[0].start,
             [x for b in batches for x in b.items],
             np.concatenate([b.vectors for b in batches]),
             np.concatenate([b.ok for b in batches]),
             [f for b in batches for f in b.failures],
+            np.concatenate(
+                [b.aspect if b.aspect is not None else np.full(len(b), np.nan, np.float32) for b in batches]
+            ),
         )
 
 
@@ -170,7 +184,8 @@ def _decode(
     on_wait: Callable[[], Any] | None = None,
 ) -> tuple:
     """Decode one item to its uint8 (S, S, 3) geometry: ``("ok", index, array, decode_s,
-    geometry_s)`` or ``("err", index, Failure)``. Never raises for a bad item.
+    geometry_s, aspect)`` (``aspect``: long side / short side of the decoded image) or
+    ``("err", index, Failure)``. Never raises for a bad item.
 
     With a ``budget``, the image's pixels are taken from it between reading the header and
     decoding, and given back once the full-size image is dropped (``slot``, ``on_wait``: see
@@ -192,9 +207,10 @@ def _decode(
     try:
         img = pre.load(item, index, reserve if budget is not None else None)
         t1 = time.perf_counter()
+        aspect = max(img.size) / max(1, min(img.size))
         arr = np.asarray(pre.geometry(img), dtype=np.uint8)
         del img  # the full-size image goes before its pixels go back to the budget
-        return ("ok", index, arr, t1 - t0 - waited, time.perf_counter() - t1)
+        return ("ok", index, arr, t1 - t0 - waited, time.perf_counter() - t1, aspect)
     except Exception as exc:
         if abort is not None:
             raise abort from None
@@ -321,9 +337,9 @@ class _Feeder(threading.Thread):
         """Pass a :func:`_decode` answer on to the consuming thread."""
         index = msg[1]
         if msg[0] == "ok":
-            _, _, arr, t_decode, t_geom = msg
+            _, _, arr, t_decode, t_geom, aspect = msg
             self.timings.add_decode(t_decode, t_geom)
-            self.out.put((index, item, True, arr))
+            self.out.put((index, item, True, (arr, aspect)))
         else:
             self.out.put((index, item, False, msg[2]))
 
@@ -598,8 +614,10 @@ def _run_batch(
     size = embedder.preprocessor.size
     t0 = time.perf_counter()
     pixels = np.empty((int(ok.sum()), 3, size, size), dtype=np.float32)
-    for slot, (_, _, arr) in enumerate(e for e in entries if e[1]):
+    aspect = np.full(count, np.nan, dtype=np.float32)
+    for slot, (offset, (_, _, (arr, ratio))) in enumerate((i, e) for i, e in enumerate(entries) if e[1]):
         ops.to_chw_float(arr, lut, pixels[slot])
+        aspect[offset] = ratio
     t1 = time.perf_counter()
     vectors = np.full((count, embedder.dim), np.nan, dtype=np.float32)
     if len(pixels):
@@ -617,4 +635,5 @@ def _run_batch(
             failures[offset] = payload
     vectors[bad] = np.nan
     ok &= ~bad
-    return Batch(start, [e[0] for e in entries], vectors, ok, [failures[k] for k in sorted(failures)])
+    failed = [failures[k] for k in sorted(failures)]
+    return Batch(start, [e[0] for e in entries], vectors, ok, failed, aspect)

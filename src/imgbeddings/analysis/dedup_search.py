@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from . import extras
 
 #: Up to this many rows ``dedup`` searches exactly (all pairs); above it, approximately. Measured
 #: on 2 CPUs, 768-d (benchmarks/bench_dedup.py crossover): exact 2.7 s / approximate 3.9 s at
@@ -83,20 +84,9 @@ def exact_pairs(x: np.ndarray, t: float, k: int) -> Neighbours:
     return Neighbours(i.astype(np.int64), j.astype(np.int64), s.astype(np.float32), saturated, rescan)
 
 
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(
-            f"near-duplicates among more than {EXACT_LIMIT:,} images need faiss: "
-            "pip install 'imgbeddings[analysis]'"
-        ) from exc
-    return faiss
-
-
 def ann_pairs(x: np.ndarray, t: float, k: int) -> Neighbours:
     """k nearest candidates in a PCA of the rows (IVF-Flat, L2), each scored exactly."""
-    faiss = _faiss()
+    faiss = extras.faiss(f"near-duplicates among more than {EXACT_LIMIT:,} images")
     n, d = x.shape
     nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
     train = np.unique(np.linspace(0, n - 1, min(n, max(50_000, 39 * nlist))).astype(np.int64))

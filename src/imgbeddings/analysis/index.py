@@ -91,6 +91,7 @@ from ..shards import (
     write_error,
 )
 from ..store import read_manifest
+from . import extras
 from .vectors import l2_rows
 
 INDEX_DIR = "index"
@@ -111,14 +112,6 @@ EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 204
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivf-flat", "ivf-pq")
 _TOMBSTONE_LIMIT = 0.1
 _IVF_REGROW = 4.0
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError("an index needs faiss: pip install 'imgbeddings[analysis]'") from exc
-    return faiss
 
 
 # --- sizes and choice ---------------------------------------------------------------------
@@ -413,7 +406,7 @@ def check_index(out: str | os.PathLike[str]) -> IndexStatus:
 
 
 def _write_faiss(index: Any, path: Path) -> None:
-    faiss = _faiss()
+    faiss = extras.faiss()
     tmp = temp_for(path)
     try:
         faiss.write_index(index, str(tmp))
@@ -505,7 +498,7 @@ class _Built:
 
 
 def _new_index(kind: str, params: dict[str, Any], dim: int) -> Any:
-    faiss = _faiss()
+    faiss = extras.faiss()
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
         return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
@@ -605,7 +598,7 @@ def _build(out: Path, state: OutputRows, kind: str, params: dict[str, Any]) -> _
 
 
 def _search_params(kind: str, value: int, selector: Any = None) -> Any:
-    faiss = _faiss()
+    faiss = extras.faiss()
     if kind == "hnsw":
         if selector is None:
             return faiss.SearchParametersHNSW(efSearch=value)
@@ -620,7 +613,7 @@ def _selector(tombstones: set[int]) -> Any:
     to it while searching: the search parameters do not."""
     if not tombstones:
         return None
-    faiss = _faiss()
+    faiss = extras.faiss()
     batch = faiss.IDSelectorBatch(np.fromiter(sorted(tombstones), np.int64))
     selector = faiss.IDSelectorNot(batch)
     selector.keep = batch
@@ -668,7 +661,7 @@ def _graph_truth(built: _Built, queries: np.ndarray) -> np.ndarray:
     place from the graph's storage)."""
     from .search import TopK
 
-    faiss = _faiss()
+    faiss = extras.faiss()
     hnsw = faiss.downcast_index(built.index.index)
     n, dim = hnsw.ntotal, hnsw.d
     top = TopK(queries, 10)
@@ -689,7 +682,7 @@ def _structure(kind: str, params: dict[str, Any]) -> tuple[Any, ...]:
 
 def _update(out: Path, folder: Path, state: OutputRows, record: dict[str, Any], kind: str) -> _Built | None:
     """The recorded index brought up to date (see the module doc); None to rebuild instead."""
-    faiss = _faiss()
+    faiss = extras.faiss()
     n, trained = state.count, record.get("trained_rows", 0)
     if kind.startswith("ivf") and not trained / _IVF_REGROW <= n <= trained * _IVF_REGROW:
         return None
@@ -741,7 +734,7 @@ def _listing(listed: dict[str, Stat]) -> dict[str, list[int]]:
 
 def _publish(folder: Path, state: OutputRows, built: _Built, budget: int | None) -> dict[str, Any]:
     """Write the index and its id table under new names, then the record that names them."""
-    faiss = _faiss()
+    faiss = extras.faiss()
     build = uuid.uuid4().hex[:16]
     index_file, ids_file = f"index-{build}.faiss", f"ids-{build}.parquet"
     _write_faiss(built.index, folder / index_file)
@@ -800,7 +793,7 @@ def build_index(
     out = Path(out)
     read_manifest(out)  # refuse a folder that is not an output before making OUT/index
     budget = _budget(memory_budget_mb)
-    _faiss()
+    extras.faiss()
     folder = out / INDEX_DIR
     lock = FolderLock(folder)
     lock.acquire(None)
@@ -950,7 +943,7 @@ def open_index(
         record = _read_record(folder)
         if record is None:
             continue
-        faiss = _faiss()
+        faiss = extras.faiss()
         try:
             index = faiss.read_index(str(folder / record["index_file"]))
             table = _read_ids(folder / record["ids_file"])

@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import OptionError
+from . import extras
 from .reduce import centered_unit, pca_reduce, require_vectors
 from .vectors import VectorSet
 
@@ -63,20 +64,12 @@ _CELLS = (0.75, 0.5)  # grid cell width as a share of the thumbnail side: coarse
 _ASPECTS = (0.5, 2.0)  # the map's height / width is kept within these
 
 
-def _umap() -> Any:
-    try:
-        import umap
-    except ImportError as exc:
-        raise ImportError("a map needs umap-learn: pip install 'imgbeddings[analysis]'") from exc
-    return umap
-
-
 def umap_embed(
     x: np.ndarray, n_components: int = 2, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1
 ) -> np.ndarray:
     """UMAP of the rows of ``x`` (cosine metric, ``random_state=seed``) to float32 (n, n_components).
     Small inputs get ``n_neighbors`` lowered to n - 1 and a random initialisation."""
-    umap = _umap()
+    umap = extras.umap()
     n = len(x)
     init = "spectral" if n > n_components + 2 else "random"
     reducer = umap.UMAP(
@@ -159,6 +152,7 @@ def _groups(
 def palette(groups: Sequence[str]) -> dict[str, str]:
     """A colour (hex) for each group: the 18 largest get distinct colours (matplotlib's tab20
     without its two greys, strong shades first); the rest, "noise" and unlabelled points grey."""
+    extras.matplotlib()
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
@@ -314,6 +308,7 @@ def draw_map(
 ) -> int:
     """Draw ``result`` to ``out_png`` (a PNG 1800 px on its long side, shaped like the layout);
     returns how many thumbnails were drawn."""
+    extras.matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

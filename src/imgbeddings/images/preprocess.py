@@ -28,6 +28,10 @@ MODES = ("exact", "fast")
 #: The one default for the library, ``embed_files`` and the CLI (the original API pins
 #: ``exact``, since it promises 0.1.0's vectors). Why fast: README, "Preprocessing".
 DEFAULT_MODE: Mode = "fast"
+#: Long side / short side above which an image's vector is less reliable: CLIP-family models
+#: saw square images, so a wider or taller one is padded to a square (or cropped) and the
+#: subject shrinks to a strip (the original imgbeddings' Design notes name 3:1).
+EXTREME_ASPECT = 3.0
 
 
 class Preprocessor:
