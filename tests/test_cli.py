@@ -273,7 +273,7 @@ def test_logs_when_stderr_is_not_a_terminal(tmp_path, capsys, image_paths, monke
     from imgbeddings import cli
 
     monkeypatch.setenv("COLUMNS", "60")
-    monkeypatch.setattr(cli, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(cli.embed, "PROGRESS_EVERY", 0.0)
     folder = tmp_path / ("a-rather-long-folder-name-" * 4)
     folder.mkdir()
     for i, p in enumerate(image_paths):

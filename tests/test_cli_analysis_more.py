@@ -320,13 +320,33 @@ def test_analysis_commands_on_an_empty_and_a_one_image_output(tmp_path, capsys, 
     out = tmp_path / "out"
     code, _, _ = run(["embed", str(empty), "-o", str(out), "-m", str(TINY)], capsys)
     assert code == 6
+    probe = tmp_path / "probe.json"
+    Probe(["a", "b"], np.zeros((1, 32)), np.zeros(1), np.zeros(32), np.ones(32), 1.0).save(probe)
+    # nothing can be made of nothing: exit 8, the output named
     for args in (
         ["cluster", str(out), "--k", "1"],
         ["map", str(out), "-o", str(tmp_path / "m.png")],
         ["pca", "fit", str(out), "--dim", "1", "-o", str(tmp_path / "p.npz")],
     ):
         code, _, err = run(args, capsys)
-        assert code == 8 and "output error" in err and "Traceback" not in err, (args, err)
+        assert (
+            code == 8
+            and "output error" in err
+            and f"{out} holds no vectors" in err
+            and "Traceback" not in err
+        ), (
+            args,
+            err,
+        )
+    # nothing found in nothing: exit 0, an empty answer, said on stderr
+    code, stdout, err = run(["search", str(out), str(image_paths[0]), "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["results"] == [] and "holds no vectors" in err, err
+    code, stdout, err = run(["dedup", str(out), "--json"], capsys)
+    assert code == 0 and stdout == "" and "nothing to compare" in err and "0 vector(s)" in err, err
+    code, stdout, err = run(["index", str(out)], capsys)
+    assert code == 0 and "0 vectors x 32" in err, err
+    code, stdout, err = run(["classify", "predict", str(out), "--probe", str(probe)], capsys)
+    assert code == 0 and stdout == "" and "predicted 0 image(s)" in err, err
     one = tmp_path / "one"
     code, _, _ = run(["embed", str(image_paths[2]), "-o", str(one), "-m", str(TINY)], capsys)
     assert code == 0
@@ -334,3 +354,9 @@ def test_analysis_commands_on_an_empty_and_a_one_image_output(tmp_path, capsys, 
     assert code == 0 and stdout.strip().split("\t")[:2] == ["0", "1"], err
     code, _, err = run(["map", str(one), "-o", str(tmp_path / "m.png")], capsys)
     assert code == 8 and "needs at least 4" in err
+    code, stdout, err = run(["search", str(one), str(image_paths[2]), "--json", "-k", "3"], capsys)
+    assert code == 0, err
+    hits = json.loads(stdout)["results"]
+    assert len(hits) == 1 and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    code, stdout, err = run(["dedup", str(one), "--json"], capsys)
+    assert code == 0 and stdout == "" and "nothing to compare" in err and "1 vector(s)" in err, err

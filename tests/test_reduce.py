@@ -33,7 +33,7 @@ def test_require_vectors_names_the_problem():
     with pytest.raises(OptionError, match="cannot do it: got no vectors, needs at least 1"):
         require_vectors(VectorSet.from_arrays(np.empty((0, 3))), 1, "do it")
     output = VectorSet(["a"], np.ones((1, 3), np.float32), {"fingerprint": "f"})
-    with pytest.raises(OutputError, match=r"the output holds only 1 vector \(needs at least 2\)"):
+    with pytest.raises(OutputError, match=r"holds only 1 vector \(needs at least 2\)"):
         require_vectors(output, 2, "do it")
 
 

@@ -22,7 +22,7 @@ from .errors import Failure, OptionError
 from .images.preprocess import DEFAULT_MODE
 from .inputs import canonical_path, expand, file_stat
 from .models.registry import DEFAULT_MODEL
-from .pipeline import DEFAULT_ITEM_TIMEOUT, Batch, Timings, plan_threads, stream
+from .pipeline import DEFAULT_ITEM_TIMEOUT, Batch, ThreadPlan, Timings, plan_threads, stream
 from .store import OutputStore, RunCounts
 
 
@@ -56,12 +56,11 @@ def embed_stream(
 
     Bad inputs never stop the stream: they come back as failures in their batch.
     """
-    plan = plan_threads(workers, embedder_options.pop("threads", None))
-    if not isinstance(model, Embedder):
-        embedder_options.setdefault("spin", plan.workers == 0)
-        model = Embedder(model, threads=plan.threads, **embedder_options)
+    plan, embedder = _planned_embedder(
+        model, workers, embedder_options.pop("threads", None), embedder_options
+    )
     return stream(
-        model,
+        embedder,
         inputs,
         backend="processes",
         workers=plan.workers,
@@ -71,6 +70,21 @@ def embed_stream(
         timings=timings,
         decode_budget=decode_budget,
     )
+
+
+def _planned_embedder(
+    model: Embedder | str | os.PathLike[str],
+    workers: int | None,
+    threads: int | None,
+    options: dict[str, Any],
+) -> tuple[ThreadPlan, Embedder]:
+    """The CPU plan (:func:`plan_threads`) and the Embedder that follows it (``model`` as it is
+    when it is one already; else built with ``options``, not spinning when nothing decodes beside it)."""
+    plan = plan_threads(workers, threads)
+    if isinstance(model, Embedder):
+        return plan, model
+    options.setdefault("spin", plan.workers == 0)
+    return plan, Embedder(model, threads=plan.threads, **options)
 
 
 @dataclass
@@ -184,12 +198,9 @@ def embed_files(
     if shard_size < 1:
         raise OptionError(f"shard_size must be >= 1, got {shard_size}")
     started = time.perf_counter()
-    plan = plan_threads(workers, threads)
-    if isinstance(model, Embedder):
-        embedder = model
-    else:
-        embedder_options.setdefault("spin", plan.workers == 0)
-        embedder = Embedder(model, mode=mode, batch_size=batch_size, threads=plan.threads, **embedder_options)
+    if not isinstance(model, Embedder):
+        embedder_options.update(mode=mode, batch_size=batch_size)
+    plan, embedder = _planned_embedder(model, workers, threads, embedder_options)
     out = Path(output)
     pca = embedder_options.get("pca")
     sources = {
@@ -210,10 +221,9 @@ def embed_files(
         store.counts.skipped = skipped
         if on_start:
             on_start(len(todo), skipped)
-        batches = stream(
+        batches = embed_stream(
             embedder,
             (p for p, _, _ in todo),
-            backend="processes",
             workers=plan.workers,
             batch_size=batch_size,
             item_timeout=item_timeout,

@@ -57,9 +57,10 @@ def require_vectors(vs: VectorSet, minimum: int, purpose: str) -> None:
         return
     has = "no vectors" if len(vs) == 0 else f"only {len(vs)} vector{'s' if len(vs) > 1 else ''}"
     if vs.manifest:
+        where = vs.origin or "the output"
         raise OutputError(
-            f"cannot {purpose}: the output holds {has} (needs at least {minimum}); embed more images "
-            "into it, or check its failures with `imgbeddings info OUT`"
+            f"cannot {purpose}: {where} holds {has} (needs at least {minimum}); embed more images "
+            f"into it, or check its failures with `imgbeddings info {vs.origin or 'OUT'}`"
         )
     raise OptionError(f"cannot {purpose}: got {has}, needs at least {minimum}")
 

@@ -44,6 +44,8 @@ class VectorSet:
     paths: list[str]
     vectors: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: The output folder the vectors were read from (None for plain arrays); named in errors.
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2 or len(self.paths) != len(self.vectors):
@@ -70,7 +72,7 @@ class VectorSet:
         from ..store import load
 
         data = load(out, skip_damaged=skip_damaged)
-        return cls(list(data.paths), data.vectors, dict(data.manifest))
+        return cls(list(data.paths), data.vectors, dict(data.manifest), str(out))
 
     @classmethod
     def from_arrays(cls, vectors: Any, paths: list[str] | None = None) -> VectorSet:
