@@ -142,6 +142,7 @@ def test_tiny_sets(tmp_path, image_paths):
     embed_files([str(p) for p in image_paths[:4]], tmp_path / "four", model=str(TINY), workers=0)
     res = make_map(VectorSet.from_output(tmp_path / "four"), tmp_path / "m.png")
     assert res.xy.shape == (4, 2) and np.isfinite(res.xy).all()
+    assert res.groups == ["0"] * 4  # at most one k-means cluster per 5 points: not 4 clusters of one
 
 
 def test_too_few_vectors(tmp_path, image_paths):

@@ -137,7 +137,8 @@ def _groups(
                 "color_by='label' needs labels (a sequence, a path -> label mapping, or clusters)"
             )
         sub = VectorSet(paths, vs.vectors[rows], vs.manifest)
-        return labels_for(cluster(sub, k=min(k, len(sub)), seed=seed), paths)
+        # at least ~5 points a cluster: 8 images in 8 clusters of one would colour nothing
+        return labels_for(cluster(sub, k=max(1, min(k, len(sub) // 5)), seed=seed), paths)
     if isinstance(labels, ClusterResult):
         return labels_for(labels, paths)
     if isinstance(labels, Mapping):
@@ -249,8 +250,9 @@ def make_map(
     Args:
         color_by: colour points (and thumbnail frames) by ``"cluster"`` (``labels`` if it is a
             :class:`~imgbeddings.analysis.cluster.ClusterResult`, else k-means with ``k``
-            clusters on the mapped vectors), ``"label"`` (``labels``: one per vector, or a
-            path -> label mapping), ``"folder"`` (each image's parent folder name), or None.
+            clusters on the mapped vectors; at most one per 5 points), ``"label"`` (``labels``:
+            one per vector, or a path -> label mapping), ``"folder"`` (each image's parent
+            folder name), or None.
         sample: most points mapped (a uniform sample drawn with ``seed``); None maps all.
         seed: sample, PCA, UMAP and k-means random state.
         pca_dims: UMAP runs on the first ``pca_dims`` principal components (None: on the
