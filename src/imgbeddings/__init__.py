@@ -3,7 +3,8 @@
 Public names: :class:`imgbeddings` (the original 0.1.0 API), :class:`Embedder` (the modern
 API), :func:`embed_stream` and :func:`embed_files` (large collections), :class:`Batch` (what
 they return), :func:`load` (read an output folder), :class:`ModelCard`, :func:`list_models`,
-:class:`PCAModel`, :func:`fit_pca`, :class:`Failure` and the error classes of
+:class:`PCAModel`, :func:`fit_pca`, :class:`TextEmbedder` (text queries, opt-in),
+:class:`Failure` and the error classes of
 :mod:`imgbeddings.errors`.
 
 Names are imported on first use, so ``import imgbeddings`` (and each decode worker process)
@@ -29,6 +30,8 @@ _LAZY = {
     "list_models": "models.registry",
     "PCAModel": "pca",
     "fit_pca": "pca",
+    "TextEmbedder": "text.embedder",
+    "MissingExtra": "errors",
 }
 _ERRORS = (
     "AccuracyGateFailed CardError ExportError ImageDecodeError ImageNotFound ImageTooLarge "
@@ -64,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .pca import PCAModel, fit_pca  # noqa: F401
     from .pipeline import Batch  # noqa: F401
     from .store import iter_load, load  # noqa: F401
+    from .text.embedder import TextEmbedder  # noqa: F401
 
 
 # The original's module path ``imgbeddings.imgbeddings`` is a submodule named like the class.

@@ -430,3 +430,57 @@ def _backend(target: VectorSet | str | os.PathLike[str], index: Index | bool | N
     if (Path(target) / NPY).is_file():  # memory-mapped when current
         return _InMemory(VectorSet.from_output(target))
     return _Streamed(read_rows(target))
+
+
+def search_text(
+    target: VectorSet | str | os.PathLike[str],
+    texts: str | Sequence[str],
+    k: int = 10,
+    *,
+    text_model: Any = None,
+    index: Index | bool | None = None,
+) -> list[SearchResult]:
+    """The ``k`` stored images nearest to each text (``"a dog on a beach"``): text -> image search.
+
+    Args:
+        target: an output folder, or a :class:`VectorSet` (then ``text_model`` is required).
+        texts: one string or a list of them.
+        text_model: a :class:`~imgbeddings.text.embedder.TextEmbedder` or where to load one (an
+            export folder, text card, ``text_model.onnx`` or Hub repo); default: the text tower
+            exported beside the output's image model
+            (:func:`~imgbeddings.text.embedder.text_model_for`).
+        index: as for :func:`search`.
+
+    Results have ``source="text"`` and the text as ``query``. Raises
+    :class:`~imgbeddings.errors.ModelMismatch` when the output's image model is not the text
+    model's pair, :class:`~imgbeddings.errors.ModelNotFound` when there is no text model.
+    """
+    from ..text.embedder import TextEmbedder, text_model_for
+
+    items = [texts] if isinstance(texts, str) else list(texts)
+    bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
+    if bad:
+        raise OptionError(f"texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}")
+    if k < 1:
+        raise OptionError(f"k must be >= 1, got {k}")
+    if isinstance(target, VectorSet):
+        if text_model is None:
+            raise OptionError("text search of a VectorSet needs text_model= (or search the output folder)")
+        manifest, where = target.manifest, target.origin or "the vectors searched"
+    else:
+        from ..store import read_manifest
+
+        manifest, where = read_manifest(target), str(target)
+        if text_model is None:
+            text_model = text_model_for(target)
+    if not isinstance(text_model, TextEmbedder):
+        text_model = TextEmbedder(text_model)
+    if manifest:
+        text_model.check_pair(manifest, where)
+    if not items:
+        return []
+    results = search(target, text_model.embed(items), k, index=index)
+    return [
+        SearchResult(text, r.results, r.error, "text", r.method)
+        for text, r in zip(items, results, strict=True)
+    ]

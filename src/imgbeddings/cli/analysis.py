@@ -46,23 +46,46 @@ def index_cmd(
 def search_cmd(
     output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
     queries: Annotated[
-        list[str],
+        Optional[list[str]],  # noqa: UP045
         typer.Argument(
-            metavar="QUERY...", help="Image files (embedded with OUTPUT's model) or paths in OUTPUT."
+            metavar="[QUERY...]", help="Image files (embedded with OUTPUT's model) or paths in OUTPUT."
         ),
-    ],
+    ] = None,
+    text: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--text", "-t", metavar="TEXT", help="Find images matching TEXT (repeatable); needs a text model."
+        ),
+    ] = None,
+    text_model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="DIR|REPO",
+            help="Text model for --text (default: the text tower exported beside OUTPUT's model).",
+        ),
+    ] = None,
     k: Annotated[int, typer.Option("-k", metavar="K", min=1, help="Results per query.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query on stdout.")] = False,
     exclude_self: Annotated[
         bool, typer.Option("--exclude-self", help="Leave a stored query out of its results.")
     ] = False,
 ) -> None:
-    """The most similar images in OUTPUT to each QUERY (cosine similarity)."""
+    """The most similar images in OUTPUT to each QUERY image, or to each --text (cosine similarity).
+
+    Exit code 0; 6 when a query could not be read (the others are answered); 8 when a query
+    model or text model does not fit OUTPUT; 5 when there is no text model for --text.
+    """
     import json
 
-    from ..analysis.search import search
+    from ..analysis.search import search, search_text
 
-    results = search(output, queries, k, exclude_self=exclude_self)
+    if not queries and not text:
+        raise errors.OptionError("give at least one QUERY image or --text")
+    if text_model is not None and not text:
+        raise errors.OptionError("--text-model is for --text queries")
+    results = search(output, queries, k, exclude_self=exclude_self) if queries else []
+    if text:
+        results += search_text(output, text, k, text_model=text_model)
     failed = 0
     for result in results:
         if not result.ok:
@@ -72,7 +95,8 @@ def search_cmd(
             typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
             continue
         if result.ok:
-            typer.echo(f"{readable_path(result.query)}  ({result.source}, {result.method})")
+            shown = repr(result.query) if result.source == "text" else readable_path(result.query)
+            typer.echo(f"{shown}  ({result.source}, {result.method})")
             for hit in result.results:
                 typer.echo(f"  {hit.rank:>3}  {hit.score:.4f}  {readable_path(hit.path)}")
     if results and all(r.ok and not r.results for r in results) and not exclude_self:
@@ -361,7 +385,7 @@ def map_cmd(
 
 classify_app = typer.Typer(
     name="classify",
-    help="Linear-probe classifiers: train on a folder per class, predict on an output.",
+    help="Classifiers: a linear probe (train on a folder per class, predict), or zero-shot labels.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
@@ -504,6 +528,70 @@ def classify_predict_cmd(
     err_console.print(
         f"predicted {len(prediction)} image(s): "
         + ", ".join(f"{c} {tally.get(c, 0)}" for c in probe.classes),
+        markup=False,
+    )
+    if out_file is not None:
+        typer.echo(str(write_predictions(prediction, out_file)))
+        return
+    for path, label, p in zip(
+        prediction.paths, prediction.labels, prediction.confidence.tolist(), strict=True
+    ):
+        typer.echo(f"{readable_path(path)}\t{label}\t{p:.4f}")
+
+
+@classify_app.command("zero-shot")
+def classify_zero_shot_cmd(
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    labels: Annotated[
+        str, typer.Option("--labels", metavar="A,B,...", help='Comma-separated labels, e.g. "cat,dog,car".')
+    ],
+    templates: Annotated[
+        str,
+        typer.Option(
+            metavar="default|none|FILE",
+            help='Prompts per label: default ("a photo of a {}." and 6 more), none (the label alone), '
+            "or a file with one template per line.",
+        ),
+    ] = "default",
+    text_model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="DIR|REPO", help="Text model (default: the text tower exported beside OUTPUT's model)."
+        ),
+    ] = None,
+    out_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE.parquet",
+            help="Write path, label, probability and p:<label> columns (default: print path<TAB>label"
+            "<TAB>probability lines).",
+        ),
+    ] = None,
+) -> None:
+    """Label OUTPUT's images with the most likely of --labels, with no training (zero-shot).
+
+    Exit code 0; 2 for empty or repeated labels or bad templates; 5 when there is no text model;
+    8 when the text model does not pair with OUTPUT's image model.
+    """
+    from collections import Counter
+
+    from ..analysis.classify import write_predictions
+    from ..analysis.vectors import VectorSet
+    from ..analysis.zero_shot import clean_labels, read_templates, zero_shot
+    from ..text.embedder import TextEmbedder, text_model_for
+
+    names = clean_labels(labels)
+    prompts = read_templates(templates)
+    model = text_model_for(output) if text_model is None else TextEmbedder(text_model)
+    prediction = zero_shot(VectorSet.from_output(output), names, model, templates=prompts)
+    tally = Counter(prediction.labels)
+    err_console.print(
+        f"zero-shot with {model.card.name} ({len(prompts)} template(s), "
+        f"{model.card.similarity.activation}): {len(prediction)} image(s): "
+        + ", ".join(f"{c} {tally.get(c, 0)}" for c in names[:20])
+        + (f" and {len(names) - 20} more label(s)" if len(names) > 20 else ""),
         markup=False,
     )
     if out_file is not None:

@@ -73,6 +73,14 @@ def export_cmd(
     min_fp32_cosine: Annotated[
         float, typer.Option(metavar="X", help="Fail if ONNX vs PyTorch cosine falls below this.")
     ] = 0.99999,
+    text: Annotated[
+        bool,
+        typer.Option(
+            "--text",
+            help="Also export the text tower (text_model.onnx, tokenizer.json, text card) for text "
+            "search and zero-shot labels.",
+        ),
+    ] = False,
 ) -> None:
     """Export a CLIP/SigLIP checkpoint's vision tower to a verified ONNX model with its card."""
     from ..export import export_model
@@ -96,6 +104,7 @@ def export_cmd(
             opset=opset,
             min_int8_cosine=min_int8_cosine,
             min_fp32_cosine=min_fp32_cosine,
+            text=text,
         )
     finally:
         log.removeHandler(handler)

@@ -7,6 +7,9 @@ Output folder::
     DIR/model_fp32.onnx       the float32 export (when quantised)
     DIR/model_fp32.card.json
     DIR/export_report.json    accuracy figures, versions, options
+
+With ``text=True`` (``--text``) also the text tower (:mod:`imgbeddings.export.text`):
+``text_model.onnx`` (+ ``text_model_fp32.onnx``), their text cards and ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def export_model(
     min_fp32_cosine: float = MIN_FP32_COSINE,
     min_int8_cosine: float = MIN_INT8_COSINE,
     verify_images: int = 16,
+    text: bool = False,
 ) -> ExportResult:
     """Export a checkpoint's vision tower to ONNX, quantise it, verify it and write cards.
 
@@ -102,6 +106,11 @@ def export_model(
         min_fp32_cosine, min_int8_cosine: accuracy gates; below them the export fails with
             :class:`AccuracyGateFailed` (files are left in place for inspection).
         verify_images: how many generated images the accuracy checks use.
+        text: also export the text tower (``kind`` must be ``projection``, the checkpoint a
+            full CLIP/SigLIP one): ``text_model.onnx``, ``tokenizer.json`` and the text card, whose
+            ``pairs_with`` lists the image cards written here. Its figures are the report's
+            ``"text"`` (see :func:`~imgbeddings.export.text.export_text`); its INT8 model is kept
+            only when it passes ``min_int8_cosine`` (else the float32 one, with a warning).
 
     Progress lines are logged at INFO on the ``imgbeddings.export`` logger (nothing is printed).
 
@@ -115,10 +124,19 @@ def export_model(
         quantize_recipe = None
     elif quantize_recipe not in RECIPES:
         raise ExportError(f"--quantize must be one of {(*RECIPES, 'none')}, got {quantize_recipe!r}")
+    if text and kind != "projection":
+        raise ExportError(
+            f"--text needs --kind projection: text vectors share only the projection space "
+            f"(the image-text space), not {kind!r} vectors"
+        )
     tm.require_torch()
     started = time.perf_counter()
     out = Path(out_dir)
     source = tm.locate(src, revision)
+    if text:
+        from .text import check_text_source
+
+        check_text_source(source)  # before the image export: a vision-only checkpoint fails fast
     if kind == "legacy" and legacy_layers is None:
         vc = tm.vision_config(source)
         legacy_layers = min(6 if vc.get("patch_size") == 32 else 1, int(vc.get("num_hidden_layers", 12)))
@@ -203,6 +221,26 @@ def export_model(
                 f"INT8 model disagrees with fp32: min cosine {int8_vs_fp32.min:.5f} < {min_int8_cosine} "
                 f"over {int8_vs_fp32.n} images. Try --quantize none, or another recipe."
             )
+    if text:
+        from .text import export_text
+
+        image_cards = [fp32_card] if result.card is fp32_card else [fp32_card, result.card]
+        report["text"] = {}
+        try:
+            export_text(
+                source,
+                out,
+                image_cards=image_cards,
+                quantize=quantize_recipe is not None,
+                opset=opset,
+                min_fp32_cosine=min_fp32_cosine,
+                min_int8_cosine=min_int8_cosine,
+                name=f"{name}-text" if name else None,
+                report=report["text"],
+            )
+        except Exception:
+            _save_report(out, report)  # the figures so far, for inspection
+            raise
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["card_fingerprint"] = result.card.fingerprint()
     _save_report(out, report)

@@ -1,0 +1,4 @@
+"""Text queries (opt-in): a CLIP/SigLIP text tower exported with ``imgbeddings export --text``
+turns strings into vectors in its paired image model's space. :mod:`.card` (the text card),
+:mod:`.tokenize` (``tokenizers``, exactly as the checkpoint's tokenizer), :mod:`.embedder`
+(``TextEmbedder``, pairing with outputs). The image side never depends on this package."""
