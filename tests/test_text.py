@@ -18,8 +18,6 @@ pytestmark = pytest.mark.export
 torch = pytest.importorskip("torch", reason="building the text checkpoints needs the [export] extra")
 transformers = pytest.importorskip("transformers")
 
-from text_assets import write_clip_tokenizer, write_siglip_tokenizer  # noqa: E402
-
 from imgbeddings import Embedder  # noqa: E402
 from imgbeddings.analysis.search import search_text  # noqa: E402
 from imgbeddings.analysis.vectors import VectorSet  # noqa: E402
@@ -28,6 +26,7 @@ from imgbeddings.errors import ModelMismatch, ModelNotFound, OptionError  # noqa
 from imgbeddings.export import export_model  # noqa: E402
 from imgbeddings.job import embed_files  # noqa: E402
 from imgbeddings.text.embedder import TextEmbedder  # noqa: E402
+from text_assets import write_clip_tokenizer, write_siglip_tokenizer  # noqa: E402
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               image_size=224, patch_size=32, initializer_factor=4.0)  # fmt: skip
