@@ -245,3 +245,11 @@ def test_the_runtime_imports_neither_torch_nor_transformers(clip):
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_text_embedder_refuses_non_strings_and_names_the_item(clip):
+    _, out = clip
+    text = TextEmbedder(out, batch_size=2)
+    with pytest.raises(OptionError, match=r"text #3 is a int"):
+        text.embed(["a", "b", "c", 4])
+    assert text.embed([]).shape == (0, text.dim)

@@ -77,7 +77,7 @@ def export_cmd(
         bool,
         typer.Option(
             "--text",
-            help="Also export the text tower (text_model.onnx, tokenizer.json, text card) for text "
+            help="Also export the text tower (text_model.onnx, its tokenizer, text card) for text "
             "search and zero-shot labels.",
         ),
     ] = False,

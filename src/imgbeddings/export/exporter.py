@@ -9,7 +9,8 @@ Output folder::
     DIR/export_report.json    accuracy figures, versions, options
 
 With ``text=True`` (``--text``) also the text tower (:mod:`imgbeddings.export.text`):
-``text_model.onnx`` (+ ``text_model_fp32.onnx``), their text cards and ``tokenizer.json``.
+``text_model.onnx`` (+ ``text_model_fp32.onnx``), their text cards and the tokenizer
+(``tokenizer.json``; SigLIP: ``spiece.model``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def export_model(
             :class:`AccuracyGateFailed` (files are left in place for inspection).
         verify_images: how many generated images the accuracy checks use.
         text: also export the text tower (``kind`` must be ``projection``, the checkpoint a
-            full CLIP/SigLIP one): ``text_model.onnx``, ``tokenizer.json`` and the text card, whose
+            full CLIP/SigLIP one): ``text_model.onnx``, the tokenizer and the text card, whose
             ``pairs_with`` lists the image cards written here. Its figures are the report's
             ``"text"`` (see :func:`~imgbeddings.export.text.export_text`); its INT8 model is kept
             only when it passes ``min_int8_cosine`` (else the float32 one, with a warning).

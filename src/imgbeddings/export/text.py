@@ -7,7 +7,8 @@ Files written beside the image model::
     DIR/text_model.card.json       its card (:class:`~imgbeddings.text.card.TextCard`)
     DIR/text_model_fp32.onnx       the float32 export, when text_model.onnx is the INT8 one
     DIR/text_model_fp32.card.json
-    DIR/tokenizer.json             the ``tokenizers`` file both cards name
+    DIR/tokenizer.json             CLIP: the ``tokenizers`` file both cards name
+    DIR/spiece.model               SigLIP: its SentencePiece model, instead
 
 The ONNX model is ``model.get_text_features(input_ids)``: input ``input_ids`` int64 (N, L) with
 a dynamic batch axis and L the checkpoint's context length (``max_position_embeddings``), output

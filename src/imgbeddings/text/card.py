@@ -12,7 +12,7 @@ Schema (``schema_version`` 1)::
     {"schema_version": 1, "kind": "text", "name": "clip-vit-base-patch32-text", "family": "clip",
      "file": {"filename": "text_model.onnx", "sha256": "...", "precision": "int8-dynamic"},
      "tokenizer": {"filename": "tokenizer.json", "sha256": "...", "context_length": 77,
-                   "pad_id": 49407, "clean": "none", "lowercase": true},
+                   "pad_id": 49407, "clean": "none", "lowercase": true, "library": "tokenizers"},
      "input": {"name": "input_ids", "dtype": "int64"},
      "output": {"name": "text_embeds", "dim": 512},
      "similarity": {"activation": "softmax", "logit_scale": 100.0, "logit_bias": null},
@@ -91,7 +91,7 @@ class TextFileSpec:
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """The ``tokenizers`` file and the rules around it."""
+    """The tokenizer file (read by ``library``) and the rules around it."""
 
     filename: str
     context_length: int

@@ -1,6 +1,6 @@
 """``TextEmbedder``: strings -> vectors in the image space of the checkpoint a text tower was
-exported with (``imgbeddings export SRC -o DIR --text``). ONNX Runtime and ``tokenizers`` only:
-no torch, no transformers.
+exported with (``imgbeddings export SRC -o DIR --text``). ONNX Runtime and ``tokenizers`` (or
+``sentencepiece`` for SigLIP) only: no torch, no transformers.
 
 >>> text = TextEmbedder("clip-export/")           # DIR/text_model.card.json + files
 >>> text.embed(["a dog on a beach"]).shape        # (1, D), unit length
@@ -151,6 +151,9 @@ class TextEmbedder:
     def embed(self, texts: str | Sequence[str]) -> np.ndarray:
         """Unit-length float32 (N, D) vectors of ``texts`` (one string or a list of them)."""
         items = [texts] if isinstance(texts, str) else list(texts)
+        bad = next((i for i, t in enumerate(items) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise OptionError(f"texts must be strings; text #{bad} is a {type(items[bad]).__name__}")
         out = np.empty((len(items), self.dim), dtype=np.float32)
         for start in range(0, len(items), self.batch_size):
             ids = self.tokenizer.encode(items[start : start + self.batch_size])
