@@ -22,7 +22,7 @@ from imgbeddings import Embedder  # noqa: E402
 from imgbeddings.analysis.search import search_text  # noqa: E402
 from imgbeddings.analysis.vectors import VectorSet  # noqa: E402
 from imgbeddings.analysis.zero_shot import zero_shot  # noqa: E402
-from imgbeddings.errors import ModelMismatch, ModelNotFound, OptionError  # noqa: E402
+from imgbeddings.errors import ModelMismatch, ModelNotFound, ModelUnavailable, OptionError  # noqa: E402
 from imgbeddings.export import export_model  # noqa: E402
 from imgbeddings.job import embed_files  # noqa: E402
 from imgbeddings.text.embedder import TextEmbedder  # noqa: E402
@@ -253,3 +253,19 @@ def test_text_embedder_refuses_non_strings_and_names_the_item(clip):
     with pytest.raises(OptionError, match=r"text #3 is a int"):
         text.embed(["a", "b", "c", 4])
     assert text.embed([]).shape == (0, text.dim)
+
+
+def test_a_text_model_from_the_hub(clip, hub_stub, tmp_path):
+    """A Hub repo holding an export's text files: the card, then the model and tokenizer it
+    names (checksums checked), through the real huggingface_hub against a local stand-in."""
+    _, out = clip
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("text_model.card.json", "text_model.onnx", "tokenizer.json"):
+        (repo / name).write_bytes((out / name).read_bytes())
+    hub_stub.add_folder("someone/clip-text", repo)
+    remote = TextEmbedder("someone/clip-text")
+    np.testing.assert_array_equal(remote.embed(TEXTS), TextEmbedder(out).embed(TEXTS))
+    assert ("GET", "/someone/clip-text/resolve/main/tokenizer.json") in hub_stub.requests
+    with pytest.raises(ModelUnavailable, match=r"text_model\.card\.json"):
+        TextEmbedder("someone/missing-repo")
