@@ -227,6 +227,24 @@ def _decode(
             budget.release(slot)
 
 
+def decode_item(pre: Preprocessor, item: Any, index: int = 0) -> tuple:
+    """Decode one input to its uint8 (S, S, 3) geometry, as the engine's decoders do:
+    ``("ok", index, array, decode_s, geometry_s, aspect)`` or ``("err", index, Failure)``; never
+    raises for a bad item. For callers that batch on their own (the HTTP service)."""
+    return _decode(pre, index, item)
+
+
+def to_tensor(embedder: Embedder, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack decoded geometries (:func:`decode_item`) into the float32 (N, 3, S, S) model input."""
+    spec = embedder.card.preprocess
+    lut = ops.standardize_lut(spec.rescale, spec.mean, spec.std)
+    size = embedder.preprocessor.size
+    pixels = np.empty((len(arrays), 3, size, size), dtype=np.float32)
+    for slot, arr in enumerate(arrays):
+        ops.to_chw_float(arr, lut, pixels[slot])
+    return pixels
+
+
 #: In a worker process: the stream's decode budget and this worker's slot in it.
 _WORKER_BUDGET: tuple[DecodeBudget, int] | None = None
 
