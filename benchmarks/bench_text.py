@@ -20,6 +20,7 @@ Usage: python benchmarks/bench_text.py [--strings 512] [--repeats 3] [--threads 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import subprocess
@@ -50,17 +51,16 @@ def make_export(workdir: Path) -> Path:
     from transformers import CLIPConfig, CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from make_checkpoint import ARCHS
-    from text_assets import write_clip_tokenizer
-
     from imgbeddings.export import export_model
+
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+    archs = importlib.import_module("make_checkpoint").ARCHS  # benchmarks/make_checkpoint.py
+    write_clip_tokenizer = importlib.import_module("text_assets").write_clip_tokenizer  # tests/text_assets.py
 
     ckpt = workdir / "ckpt-clip-b32-full"
     if not (ckpt / "config.json").is_file():
         torch.manual_seed(0)
-        vision = dict(ARCHS["b32"], image_size=224, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+        vision = dict(archs["b32"], image_size=224, hidden_act="quick_gelu", layer_norm_eps=1e-5)
         projection = vision.pop("projection_dim")
         config = CLIPConfig(
             vision_config=vision, text_config=dict(hidden_act="quick_gelu"), projection_dim=projection
