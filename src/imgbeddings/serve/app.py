@@ -34,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import Failure, ModelMismatch, OptionError
 from .batcher import Batcher, Busy
@@ -202,7 +203,9 @@ def _vector_out(vector: np.ndarray, fmt: str, normalize: bool) -> Any:
 
 
 def create_app(config: ServeConfig) -> Any:
-    """The FastAPI app serving ``config`` (loads the model, and the text tower / index asked for).
+    """The ASGI app serving ``config`` (loads the model, and the text tower / index asked for):
+    the FastAPI app (its ``.app``) inside the guard that enforces the API key, the body size and
+    the request timeout. Run it with uvicorn.
 
     Raises :class:`OptionError` for bad limits, model errors as the Embedder does,
     :class:`~imgbeddings.errors.ModelNotFound` for ``text`` without a text tower, and
@@ -265,6 +268,15 @@ def create_app(config: ServeConfig) -> Any:
         return JSONResponse({"error": {"type": exc.kind, "message": exc.message}, **exc.extra},
                             status_code=exc.status, headers=exc.headers)  # fmt: skip
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(_: Request, exc: StarletteHTTPException) -> Any:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, HttpError):  # raised while reading the body (the size limit)
+            return await _http_error(_, cause)
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return JSONResponse({"error": {"type": kind, "message": str(exc.detail)}},
+                            status_code=exc.status_code, headers=exc.headers)  # fmt: skip
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Any:
         problems = "; ".join(
@@ -274,10 +286,9 @@ def create_app(config: ServeConfig) -> Any:
 
     async def embed_items(items: list[tuple[str, Any]]) -> tuple[list[Any], list[dict]]:
         """items: ("image", bytes) | ("text", str) | ("error", message). Vectors or None, errors."""
-        if len(items) > config.max_items:
-            raise HttpError(
-                413, "TooManyItems", f"{len(items)} items; at most {config.max_items} per request"
-            )
+        most = min(config.max_items, config.max_queue)  # more than the queue holds could never run
+        if len(items) > most:
+            raise HttpError(413, "TooManyItems", f"{len(items)} items; at most {most} per request")
         if not items:
             raise HttpError(422, "InvalidRequest", "no input items")
         vectors: list[Any] = [None] * len(items)
