@@ -29,6 +29,7 @@ class ServerThread:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
+        self.asgi = app  # create_app's answer (its .batcher is the server's batcher)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

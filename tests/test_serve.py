@@ -519,10 +519,19 @@ def test_too_many_items_on_the_default_server(client, images):
     error_of(r, 413)
 
 
+def hold_inference(running) -> threading.Event:
+    """Keep the server's inference thread busy until the returned event is set: images then
+    stay in the service (admitted, queued), deterministically."""
+    release = threading.Event()
+    running.asgi.batcher.inference.submit(release.wait, 60)
+    return release
+
+
 def test_request_timeout_is_504_and_frees_its_room(images):
-    """A request over request_timeout (here: the batcher waits 3 s for batch-mates, the request
-    may take 1 s) answers 504, and its images leave the queue."""
-    running = serve(request_timeout=1.0, max_wait_ms=3000.0, max_batch=64, max_queue=4)
+    """A request over request_timeout (here: inference is held, the request may take 1 s)
+    answers 504, and its images leave the queue."""
+    running = serve(request_timeout=1.0, max_batch=64, max_queue=4)
+    release = hold_inference(running)
     try:
         with httpx.Client(base_url=running.url, timeout=30.0) as c:
             url = data_url(images["small_61x97.png"])
@@ -536,7 +545,10 @@ def test_request_timeout_is_504_and_frees_its_room(images):
                 time.sleep(0.05)
             r = embeddings(c, [url] * 4)  # the whole queue is free again (503 otherwise)
             error_of(r, 504)
+            release.set()
+            assert embeddings(c, [url]).status_code == 200  # and the server goes on
     finally:
+        release.set()
         running.stop()
 
 
@@ -700,9 +712,8 @@ def test_slow_client_does_not_block_others(server, client, images, reference):
 
 @pytest.fixture(scope="module")
 def slow_batching():
-    """A server whose batcher waits 1.5 s for more images after the first: images stay in the
-    service that long, so a second request finds the (tiny) queue full."""
-    running = serve(max_queue=2, max_wait_ms=1500.0, max_batch=64)
+    """A server with room for 2 images in the service."""
+    running = serve(max_queue=2, max_batch=64)
     yield running
     running.stop()
 
@@ -711,6 +722,7 @@ def test_queue_full_is_503_with_retry_after(slow_batching, images, reference):
     url = data_url(images["small_61x97.png"])
     with httpx.Client(base_url=slow_batching.url, timeout=30.0) as c:
         result = {}
+        release = hold_inference(slow_batching)  # the first request's images stay in the service
         first = threading.Thread(target=lambda: result.setdefault("r", embeddings(c, [url, url])))
         first.start()
         deadline = time.monotonic() + 10
@@ -726,6 +738,7 @@ def test_queue_full_is_503_with_retry_after(slow_batching, images, reference):
         assert busy.headers.get("Retry-After", "").strip().isdigit(), dict(busy.headers)
         assert int(busy.headers["Retry-After"]) >= 1
         assert "data" not in body
+        release.set()
         first.join(30)
         assert not first.is_alive()
         r = result["r"]

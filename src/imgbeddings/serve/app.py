@@ -27,7 +27,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -43,17 +43,70 @@ from .metrics import Metrics, route_of
 log = logging.getLogger("imgbeddings.serve")
 _DATA_URL = re.compile(r"^data:(?:image/[A-Za-z0-9.+-]+|application/octet-stream)?;base64,", re.ASCII)
 _OPEN = ("/healthz", "/readyz")
+#: A real 1 x 1 PNG, as a data URL: the schema's example (a request made from it succeeds).
+_EXAMPLE_PNG = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGM4kWIEAANWAV/oF4RSAAAAAElFTkSuQmCC"
+)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "the body is not valid JSON / multipart",
+        401: "a valid API key is needed (Authorization: Bearer KEY)",
+        404: "nothing here (search: no --index)",
+        413: "body too large, or too many items",
+        415: "unsupported Content-Type",
+        422: "invalid request, or every item failed (errors lists them)",
+        503: "busy: retry after Retry-After seconds",
+        504: "the request took too long",
+    }
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
 
 class EmbeddingsRequest(BaseModel):
-    input: str | list[str] = Field(
+    input: str | Annotated[list[str], Field(min_length=1)] = Field(
         description="Images as data URLs (data:image/jpeg;base64,...); with a text tower, "
         "other strings are text.",
-        examples=[["data:image/png;base64,iVBORw0KGgo..."]],
+        examples=[[_EXAMPLE_PNG]],
     )
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32")
-    normalize: bool = Field(False, description="L2-normalise the vectors")
+    normalize: bool = Field(False, strict=True, description="L2-normalise the vectors")
     model: str | None = Field(None, description="Ignored: the served model answers")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ItemError(BaseModel):
+    index: int
+    type: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every answer other than 200/207: what went wrong (and, for per-item failures, each item)."""
+
+    error: ErrorDetail
+    errors: list[ItemError] | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsResponse(BaseModel):
+    """200; 207 when some items failed (then ``errors`` lists them)."""
+
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: dict[str, int]
+    errors: list[ItemError] | None = None
 
 
 class SearchRequest(BaseModel):
@@ -122,6 +175,7 @@ class _Guard:
 
     def __init__(self, app: Any, config: ServeConfig, metrics: Metrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
+        self.batcher: Batcher | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -221,6 +275,7 @@ def create_app(config: ServeConfig) -> Any:
         mode=config.mode,  # type: ignore[arg-type]
         threads=config.threads,
         max_pixels=config.max_pixels or DEFAULT_MAX_PIXELS,
+        spin=False,  # decoding threads share the CPUs: idle inference threads must not busy-wait
     )
     text_model = None
     if config.text:
@@ -346,11 +401,13 @@ def create_app(config: ServeConfig) -> Any:
         return ("error", "not an image data URL (data:image/...;base64,...); URLs and paths are never "
                          "fetched, and text needs a server started with --text")  # fmt: skip
 
-    @app.post("/v1/embeddings", summary="Embed images (data URLs) and, with a text tower, text",
-              responses={207: {"description": "some items failed: see errors"},
-                         422: {"description": "every item failed, or a bad request"},
-                         413: {"description": "body too large or too many items"},
-                         503: {"description": "busy: retry after Retry-After seconds"}})  # fmt: skip
+    @app.post(
+        "/v1/embeddings",
+        summary="Embed images (data URLs) and, with a text tower, text",
+        response_model=EmbeddingsResponse,
+        responses={207: {"model": EmbeddingsResponse, "description": "some items failed: see errors"},
+                   **_errors(400, 401, 413, 422, 503, 504)},
+    )  # fmt: skip
     async def embeddings(request: EmbeddingsRequest) -> Any:
         raw = [request.input] if isinstance(request.input, str) else request.input
         items = [parse(x) for x in raw]
@@ -361,8 +418,15 @@ def create_app(config: ServeConfig) -> Any:
     @app.post(
         "/v1/embed",
         summary="Embed uploaded image files (multipart field 'files') or one raw image/* body",
-        responses={207: {"description": "some files failed: see errors"}},
-    )
+        response_model=EmbeddingsResponse,
+        responses={207: {"model": EmbeddingsResponse, "description": "some files failed: see errors"},
+                   **_errors(400, 401, 413, 415, 422, 503, 504)},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        }}},
+    )  # fmt: skip
     async def embed(request: Request) -> Any:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
@@ -380,7 +444,11 @@ def create_app(config: ServeConfig) -> Any:
         vectors, errors = await embed_items([("image", b) for b in blobs])
         return answer(vectors, errors, "float", False, {"images": len(blobs), "texts": 0})
 
-    @app.post("/v1/search", summary="Top-k images of the loaded output for an image, a text or a vector")
+    @app.post(
+        "/v1/search",
+        summary="Top-k images of the loaded output for an image, a text or a vector (exactly one)",
+        responses=_errors(400, 401, 404, 413, 422, 503, 504),
+    )
     async def search(request: SearchRequest) -> Any:
         if config.index is None:
             raise HttpError(404, "NoIndex", "this server has no output to search: start it with --index OUT")
@@ -431,12 +499,19 @@ def create_app(config: ServeConfig) -> Any:
             )
         return {"status": "ready"}
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
     async def prometheus() -> Any:
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
 
-    return _Guard(app, config, metrics)
+    guard = _Guard(app, config, metrics)
+    guard.batcher = batcher  # for operators and tests: depth, and its executors
+    return guard
 
 
 def _probe_image() -> bytes:

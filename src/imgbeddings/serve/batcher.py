@@ -3,7 +3,8 @@
 Each image is decoded in a thread pool (the engine's own decoder, :func:`~imgbeddings.pipeline.
 decode_item`: header checked against the pixel limit before decoding, EXIF, modes), with a
 per-image timeout. Decoded images wait in one queue; a single batching task takes up to
-``max_batch`` of them, waiting at most ``max_wait_ms`` after the first for more, and runs the
+``max_batch`` of them, waiting at most ``max_wait_ms`` after the first for more (and not at all
+when no other image is being decoded or waiting: a lone request is not delayed), and runs the
 model in one inference thread, so the event loop never blocks. A bad image is that image's
 :class:`~imgbeddings.errors.Failure`; the batch and the server go on.
 
@@ -132,6 +133,8 @@ class Batcher:
             batch = [await self._queue.get()]
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
+                if self.admitted <= len(batch):  # nothing else decoding or waiting: no one to wait for
+                    break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
