@@ -27,8 +27,11 @@ reads schemathesis's NDJSON event stream and JUnit report and prints:
 - whether the server still answers ``/healthz`` and ``/readyz`` afterwards, and the tracebacks in
   its log.
 
-Exit status: 0 clean; 1 a 5xx, a failed check, a malformed error body, a probe off spec or a dead
-server; 2 an error of the run itself (schemathesis missing, the server not starting, schemathesis
+Exit status: 0 clean; 1 a 5xx, a schema violation (status code, content type, headers, body
+against the schema), a malformed error body, a traceback, a probe off spec or a dead server (and,
+with ``--strict``, any failed data-acceptance check: those flag limits the schema cannot express,
+such as "exactly one of image, text, vector" or a vector's width, and are otherwise reported only);
+2 an error of the run itself (schemathesis missing, the server not starting, schemathesis
 errors); 3 the wall-clock bound was hit. schemathesis is not a dependency of the project:
 ``pip install schemathesis`` (written against 4.x). Nothing here is a test of the suite.
 
@@ -505,6 +508,12 @@ def main() -> int:
     parser.add_argument("--server-args", default="", help="extra `imgbeddings serve` options, one string")
     parser.add_argument("--keep-reports", type=Path, help="copy schemathesis's reports here")
     parser.add_argument("--no-probes", action="store_true", help="skip the hand-written probes")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail on schemathesis's data-acceptance checks (limits the schema cannot express: "
+        "exactly one search query, the vector's width, items per request, image content)",
+    )
     args = parser.parse_args()
 
     if importlib.util.find_spec("schemathesis") is None:
@@ -672,7 +681,16 @@ def main() -> int:
     off_spec = any(r["problems"] for r in rows)
     if timed_out:
         rc = 3
-    elif result["server_errors"] or failed or result["bad_shape"] or result["tracebacks"] or dead or off_spec:
+    elif (
+        result["server_errors"]
+        or schema
+        or any(k[0] == "not_a_server_error" for k in failed)
+        or (args.strict and other)
+        or result["bad_shape"]
+        or result["tracebacks"]
+        or dead
+        or off_spec
+    ):
         rc = 1
     elif result["errors"] or not events or st_rc not in (0, 1):
         rc = 2
