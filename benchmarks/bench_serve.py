@@ -295,6 +295,52 @@ async def closed_loop(url: str, requests: list, clients: int, timeout: float, on
     return load
 
 
+async def closed_loop_raw(url: str, images: list[bytes], clients: int, timeout: float) -> Load:
+    """The lean client: ``clients`` keep-alive connections, each writing precomputed HTTP/1.1
+    requests (``POST /v1/embed`` with one raw ``image/jpeg`` body) and reading the answers with
+    asyncio streams, so the load generator costs little of the CPUs it shares with the server."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    load = Load()
+    order = itertools.count()
+
+    def request(body: bytes) -> bytes:
+        head = (
+            f"POST /v1/embed HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
+
+    wire = [request(b) for b in images]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        try:
+            while (i := next(order)) < len(wire):
+                writer.write(wire[i])
+                await writer.drain()
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                load.statuses[status] += 1
+                if status == 200:
+                    load.images += 1
+                else:
+                    load.note(f"request {i}: HTTP {status} {body[:300]!r}")
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(clients))), timeout)
+    load.seconds = time.perf_counter() - t0
+    return load
+
+
 def embed_requests(images: list[bytes], per_request: int) -> list:
     chunks = [images[i : i + per_request] for i in range(0, len(images), per_request)]
     return [("/v1/embed", {"files": multipart(c)}, len(c)) for c in chunks]
@@ -316,6 +362,7 @@ def saturation(args, model: str, threads: int, distinct: list[bytes]) -> None:
     labels = {f"http-{c}x1": (c, 1) for c in args.clients}
     if args.batch > 1:
         labels[f"http-{args.batch_clients}x{args.batch}"] = (args.batch_clients, args.batch)
+    labels.update({f"raw-{c}x1": (c, 1) for c in args.raw_clients})
 
     with Server(model, threads=threads, args=args.server_args.split()) as server:
         print(f"server ready in {server.ready_seconds:.1f} s ({model})", file=sys.stderr)
@@ -342,7 +389,10 @@ def saturation(args, model: str, threads: int, distinct: list[bytes]) -> None:
                 asyncio.run(closed_loop(server.url, warm, clients, args.phase_timeout))
                 calls, batched = server.batches()
                 s0, c0 = server.cpu_seconds(), time.process_time()
-                load = asyncio.run(closed_loop(server.url, requests, clients, args.phase_timeout))
+                if label.startswith("raw"):
+                    load = asyncio.run(closed_loop_raw(server.url, images, clients, args.phase_timeout))
+                else:
+                    load = asyncio.run(closed_loop(server.url, requests, clients, args.phase_timeout))
                 load.server_cpu, load.client_cpu = server.cpu_seconds() - s0, time.process_time() - c0
                 calls2, batched2 = server.batches()
                 load.calls, load.batched = calls2 - calls, batched2 - batched
@@ -380,8 +430,9 @@ def saturation(args, model: str, threads: int, distinct: list[bytes]) -> None:
     for label, (clients, per) in labels.items():
         n = -(-len(images) // per)
         bad = sum(x.bad for x in runs[label])
+        how = "raw `image/jpeg` body, lean client" if label.startswith("raw") else "multipart, httpx"
         print(
-            f"| HTTP `POST /v1/embed` | {clients} | {per} | {n} | {rate(label):.1f} | "
+            f"| HTTP `POST /v1/embed` ({how}) | {clients} | {per} | {n} | {rate(label):.1f} | "
             f"{rate(label) / base:.2f} | {mean_batch(label)} | {per_image(label, 'server_cpu'):.1f} | "
             f"{per_image(label, 'client_cpu'):.1f} | {bad} |"
         )
@@ -390,7 +441,8 @@ def saturation(args, model: str, threads: int, distinct: list[bytes]) -> None:
         ok = "meets" if rate(label) / base >= 0.85 else "BELOW"
         alone = per_image("in-process", "client_cpu") / per_image(label, "server_cpu")
         print(
-            f"- HTTP {clients} clients x {per} image(s) / in-process: {rate(label) / base:.2f} ({ok} 0.85); "
+            f"- {label}: {clients} clients x {per} image(s) / in-process: {rate(label) / base:.2f} "
+            f"({ok} 0.85); "
             f"with the clients' CPU elsewhere (estimate: in-process CPU/image / server CPU/image): "
             f"{alone:.2f}"
         )
@@ -545,6 +597,9 @@ def main() -> None:
     parser.add_argument("--clients", default="16,64", help="concurrent single-image clients")
     parser.add_argument("--batch", type=int, default=8, help="images per request, batched variant (1: skip)")
     parser.add_argument("--batch-clients", type=int, default=16)
+    parser.add_argument(
+        "--raw-clients", default="16,64", help="concurrent lean raw-socket clients, one raw image per request"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency", type=int, default=200, help="sequential requests per path")
     parser.add_argument("--rss-model", default=str(TINY))
@@ -555,6 +610,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: saturation,latency,memory")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",") if c]
+    args.raw_clients = [int(c) for c in args.raw_clients.split(",") if c]
     skip = set(filter(None, args.skip.split(",")))
 
     def terminated(signum, frame):  # run the cleanups (stop the server) on SIGTERM too
