@@ -269,3 +269,31 @@ def test_a_text_model_from_the_hub(clip, hub_stub, tmp_path):
     assert ("GET", "/someone/clip-text/resolve/main/tokenizer.json") in hub_stub.requests
     with pytest.raises(ModelUnavailable, match=r"text_model\.card\.json"):
         TextEmbedder("someone/missing-repo")
+
+
+def test_the_http_service_embeds_and_searches_text(clip, tmp_path, image_paths):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from imgbeddings.serve.app import ServeConfig, create_app
+    from serve_helpers import ServerThread
+
+    _, out = clip
+    emb = tmp_path / "out"
+    embed_files([str(p) for p in image_paths], emb, model=str(out / "model.onnx"), workers=0)
+    running = ServerThread(create_app(ServeConfig(model=str(out / "model.onnx"), text=True, index=str(emb))))
+    running.start()
+    try:
+        with httpx.Client(base_url=running.url, timeout=30.0) as c:
+            r = c.post("/v1/embeddings", json={"input": ["a photo of a cat", "sunset"]})
+            assert r.status_code == 200, r.text
+            got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+            assert r.json()["usage"] == {"images": 0, "texts": 2}
+            assert cosine(got, TextEmbedder(out).embed(["a photo of a cat", "sunset"])).min() >= 0.99999
+            r = c.post("/v1/search", json={"text": "a photo of a cat", "k": 3})
+            assert r.status_code == 200, r.text
+            expected = search_text(emb, "a photo of a cat", k=3)[0].to_json()
+            assert r.json()["query"] == "a photo of a cat"
+            assert [h["path"] for h in r.json()["results"]] == [h["path"] for h in expected["results"]]
+            assert c.get("/v1/models").json()["data"][0]["text"] is True
+    finally:
+        running.stop()
