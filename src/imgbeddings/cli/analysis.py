@@ -402,6 +402,19 @@ def _confusion_lines(classes: list[str], confusion: list[list[int]]) -> list[str
     return ["confusion (rows: true class, columns: predicted; cross-validated):", head, *rows]
 
 
+def _emit_predictions(prediction: Any, out_file: Path | None) -> None:
+    """Labels to ``out_file`` (Parquet; its path on stdout), or as path<TAB>label<TAB>probability lines."""
+    from ..analysis.classify import write_predictions
+
+    if out_file is not None:
+        typer.echo(str(write_predictions(prediction, out_file)))
+        return
+    for path, label, p in zip(
+        prediction.paths, prediction.labels, prediction.confidence.tolist(), strict=True
+    ):
+        typer.echo(f"{readable_path(path)}\t{label}\t{p:.4f}")
+
+
 @classify_app.command("train")
 def classify_train_cmd(
     folder: Annotated[
@@ -519,7 +532,7 @@ def classify_predict_cmd(
     """
     from collections import Counter
 
-    from ..analysis.classify import Probe, write_predictions
+    from ..analysis.classify import Probe
     from ..analysis.vectors import VectorSet
 
     probe = Probe.load(probe_file)
@@ -530,13 +543,7 @@ def classify_predict_cmd(
         + ", ".join(f"{c} {tally.get(c, 0)}" for c in probe.classes),
         markup=False,
     )
-    if out_file is not None:
-        typer.echo(str(write_predictions(prediction, out_file)))
-        return
-    for path, label, p in zip(
-        prediction.paths, prediction.labels, prediction.confidence.tolist(), strict=True
-    ):
-        typer.echo(f"{readable_path(path)}\t{label}\t{p:.4f}")
+    _emit_predictions(prediction, out_file)
 
 
 @classify_app.command("zero-shot")
@@ -577,7 +584,6 @@ def classify_zero_shot_cmd(
     """
     from collections import Counter
 
-    from ..analysis.classify import write_predictions
     from ..analysis.vectors import VectorSet
     from ..analysis.zero_shot import clean_labels, read_templates, zero_shot
     from ..text.embedder import TextEmbedder, text_model_for
@@ -594,13 +600,7 @@ def classify_zero_shot_cmd(
         + (f" and {len(names) - 20} more label(s)" if len(names) > 20 else ""),
         markup=False,
     )
-    if out_file is not None:
-        typer.echo(str(write_predictions(prediction, out_file)))
-        return
-    for path, label, p in zip(
-        prediction.paths, prediction.labels, prediction.confidence.tolist(), strict=True
-    ):
-        typer.echo(f"{readable_path(path)}\t{label}\t{p:.4f}")
+    _emit_predictions(prediction, out_file)
 
 
 pca_app = typer.Typer(

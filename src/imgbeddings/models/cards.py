@@ -253,6 +253,34 @@ _SECTIONS = {
 }
 
 
+def parse_sections(cls: Any, data: dict[str, Any], sections: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` from a card's JSON object: each key of ``sections`` built
+    as its dataclass, other keys as they are. Unknown keys, a section that is not an object, and
+    a section missing a required field or failing its checks raise :class:`CardError` naming
+    ``where`` (e.g. ``"model card x.card.json"``) and the key."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise CardError(f"{where} has unknown keys {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        section = sections.get(key)
+        if section is None:
+            kwargs[key] = value
+            continue
+        if not isinstance(value, dict):
+            raise CardError(f"{where}: {key!r} must be an object")
+        bad = set(value) - {f.name for f in fields(section)}
+        if bad:
+            raise CardError(f"{where}: unknown keys in {key!r}: {sorted(bad)}")
+        try:
+            kwargs[key] = section(**value)
+        except TypeError as exc:  # a required field is missing
+            raise CardError(f"{where}: {key!r} is incomplete: {exc}") from exc
+        except CardError as exc:
+            raise CardError(f"{where}: {exc}") from exc
+    return kwargs
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything the runtime needs to know about one ONNX embedding model."""
@@ -291,28 +319,7 @@ class ModelCard:
                 f"model card {origin} has schema_version {version!r}; this imgbeddings reads "
                 f"version {SCHEMA_VERSION}. Upgrade imgbeddings or re-export the model."
             )
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CardError(f"model card {origin} has unknown keys {sorted(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            section = _SECTIONS.get(key)
-            if section is None:
-                kwargs[key] = value
-                continue
-            if not isinstance(value, dict):
-                raise CardError(f"model card {origin}: {key!r} must be an object")
-            allowed = {f.name for f in fields(section)}
-            bad = set(value) - allowed
-            if bad:
-                raise CardError(f"model card {origin}: unknown keys in {key!r}: {sorted(bad)}")
-            try:
-                kwargs[key] = section(**value)
-            except TypeError as exc:  # a required field is missing
-                raise CardError(f"model card {origin}: {key!r} is incomplete: {exc}") from exc
-            except CardError as exc:
-                raise CardError(f"model card {origin}: {exc}") from exc
+        kwargs = parse_sections(cls, data, _SECTIONS, f"model card {origin}")
         missing = {"name", "family", "architecture", "preprocess", "output", "file"} - set(kwargs)
         if missing:
             raise CardError(f"model card {origin} is missing {sorted(missing)}")

@@ -38,12 +38,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import CardError
-from ..models.cards import CARD_SUFFIX, DIM_RANGE, SourceSpec, _int_in, _parse_json, check_filename
+from ..models.cards import (
+    CARD_SUFFIX,
+    DIM_RANGE,
+    SourceSpec,
+    _int_in,
+    _parse_json,
+    check_filename,
+    parse_sections,
+)
 
 SCHEMA_VERSION = 1
 KIND = "text"
@@ -241,25 +249,7 @@ class TextCard:
                 f"text card {origin} has schema_version {version!r}; this imgbeddings reads "
                 f"version {SCHEMA_VERSION}. Upgrade imgbeddings or re-export the model."
             )
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise CardError(f"text card {origin} has unknown keys {sorted(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            section = _SECTIONS.get(key)
-            if section is None:
-                kwargs[key] = value
-                continue
-            if not isinstance(value, dict):
-                raise CardError(f"text card {origin}: {key} must be an object, got {value!r}")
-            known = {f.name for f in fields(section)}
-            extra = set(value) - known
-            if extra:
-                raise CardError(f"text card {origin}: {key} has unknown keys {sorted(extra)}")
-            try:
-                kwargs[key] = section(**value)
-            except TypeError as exc:
-                raise CardError(f"text card {origin}: {key} is incomplete: {exc}") from exc
+        kwargs = parse_sections(cls, data, _SECTIONS, f"text card {origin}")
         try:
             return cls(**kwargs)
         except TypeError as exc:
