@@ -14,10 +14,13 @@ import typer
 from .. import errors
 from .app import EXIT_PARTIAL, app, err_console, readable_path, stderr_is_terminal
 
+#: The OUTPUT argument every command here takes.
+OutputArg = Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")]
+
 
 @app.command("index")
 def index_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     kind: Annotated[
         str, typer.Option(metavar="KIND", help="auto | flat (exact) | hnsw | ivf | ivf-flat | ivf-pq.")
     ] = "auto",
@@ -44,7 +47,7 @@ def index_cmd(
 
 @app.command("search")
 def search_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     queries: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Argument(
@@ -107,7 +110,7 @@ def search_cmd(
 
 @app.command("dedup")
 def dedup_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     threshold: Annotated[
         Optional[float],  # noqa: UP045
         typer.Option(
@@ -226,7 +229,7 @@ def dedup_undo_cmd(
 
 @app.command("cluster")
 def cluster_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     k: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--k", "-k", metavar="N", min=1, help="Number of clusters (k-means)."),
@@ -303,7 +306,7 @@ class ColorBy(str, Enum):
 
 @app.command("map")
 def map_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     png: Annotated[Path, typer.Option("--output", "-o", metavar="FILE.png", help="The map to draw.")],
     color_by: Annotated[
         ColorBy,
@@ -510,7 +513,7 @@ def classify_train_cmd(
 
 @classify_app.command("predict")
 def classify_predict_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     probe_file: Annotated[
         Path,
         typer.Option("--probe", metavar="FILE.json", exists=True, dir_okay=False, help="A trained probe."),
@@ -548,7 +551,7 @@ def classify_predict_cmd(
 
 @classify_app.command("zero-shot")
 def classify_zero_shot_cmd(
-    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="An output folder of imgbeddings embed.")],
+    output: OutputArg,
     labels: Annotated[
         str, typer.Option("--labels", metavar="A,B,...", help='Comma-separated labels, e.g. "cat,dog,car".')
     ],
