@@ -24,6 +24,11 @@ from .app import EXIT_PARTIAL, app, err_console, readable_path, stderr_is_termin
 PROGRESS_EVERY = 10.0
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class OutputFormat(str, Enum):
     parquet = "parquet"
     npy = "npy"
@@ -257,6 +262,24 @@ def embed_cmd(
             help="Run original-format INT8 files on the faster kernels (identical vectors).",
         ),
     ] = True,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="local (this machine) | ray (a Ray cluster; the [ray] extra; same output)."),
+    ] = Engine.local,
+    address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="auto|ray://HOST:PORT", help="With --engine ray: the cluster (default: a local one)."
+        ),
+    ] = None,
+    actors: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(metavar="N", min=1, help="With --engine ray: actors (default: the cluster's CPUs / K)."),
+    ] = None,
+    cpus_per_actor: Annotated[
+        int,
+        typer.Option(metavar="K", min=1, help="With --engine ray: CPUs (ONNX Runtime threads) per actor."),
+    ] = 1,
 ) -> None:
     """Embed images into OUTPUT as resumable Parquet shards.
 
@@ -269,28 +292,49 @@ def embed_cmd(
     from ..job import embed_files
 
     reporter = _Progress(progress)
+    common: dict[str, Any] = dict(
+        model=model,
+        mode="fast" if fast else "exact",
+        batch_size=batch_size,
+        recursive=recursive,
+        retry_failed=retry_failed,
+        shard_size=shard_size,
+        npy=fmt is OutputFormat.npy,
+        normalize=normalize,
+        pca=pca,
+        wait=(math.inf if wait_timeout is None else wait_timeout) if wait else None,
+        on_start=reporter.start,
+        on_batch=reporter.batch,
+    )
+    if engine is Engine.ray:
+        local_only = {"--strict": strict, "--workers": workers is not None, "--threads": threads is not None,
+                      "--decode-budget": decode_budget is not None}  # fmt: skip
+        given = [name for name, on in local_only.items() if on]
+        if given:
+            raise errors.OptionError(
+                f"{', '.join(given)}: options of the local engine; with --engine ray use --actors and "
+                "--cpus-per-actor"
+            )
+    elif address is not None or actors is not None or cpus_per_actor != 1:
+        raise errors.OptionError("--address, --actors and --cpus-per-actor are for --engine ray")
     try:
-        result = embed_files(
-            paths,
-            output,
-            model=model,
-            mode="fast" if fast else "exact",
-            batch_size=batch_size,
-            workers=workers,
-            threads=threads,
-            recursive=recursive,
-            strict=strict,
-            retry_failed=retry_failed,
-            shard_size=shard_size,
-            npy=fmt is OutputFormat.npy,
-            normalize=normalize,
-            pca=pca,
-            int8_fastpath=int8_fastpath,
-            decode_budget=decode_budget,
-            wait=(math.inf if wait_timeout is None else wait_timeout) if wait else None,
-            on_start=reporter.start,
-            on_batch=reporter.batch,
-        )
+        if engine is Engine.ray:
+            from ..ray_engine import embed_files_ray
+
+            result = embed_files_ray(
+                paths, output, actors=actors, cpus_per_actor=cpus_per_actor, address=address, **common
+            )
+        else:
+            result = embed_files(
+                paths,
+                output,
+                workers=workers,
+                threads=threads,
+                strict=strict,
+                int8_fastpath=int8_fastpath,
+                decode_budget=decode_budget,
+                **common,
+            )
     except KeyboardInterrupt:
         reporter.close()
         err_console.print(
@@ -308,15 +352,20 @@ def embed_cmd(
     else:
         err_console.print(
             f"embedded {c.embedded}, skipped {c.skipped} (already done), failed {c.failed} "
-            f"in {result.seconds:.1f} s ({rate:.1f} img/s; {result.workers} decode "
-            f"worker(s), {result.threads} ONNX Runtime thread(s))",
+            f"in {result.seconds:.1f} s ({rate:.1f} img/s; "
+            + (
+                f"{result.workers} Ray actor(s) x {result.threads} CPU(s))"
+                if engine is Engine.ray
+                else f"{result.workers} decode worker(s), {result.threads} ONNX Runtime thread(s))"
+            ),
             markup=False,
         )
-        err_console.print(
-            f"time split: decode {t.decode:.1f} s, geometry {t.geometry:.1f} s (summed over workers), "
-            f"to tensor {t.tensor:.1f} s, inference {t.inference:.1f} s",
-            markup=False,
-        )
+        if engine is Engine.local:  # the Ray engine's work happens in its actors: no split here
+            err_console.print(
+                f"time split: decode {t.decode:.1f} s, geometry {t.geometry:.1f} s (summed over workers), "
+                f"to tensor {t.tensor:.1f} s, inference {t.inference:.1f} s",
+                markup=False,
+            )
     if result.extreme_aspect:
         from ..images.preprocess import EXTREME_ASPECT
 

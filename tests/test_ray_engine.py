@@ -1,0 +1,144 @@
+"""The Ray engine (:mod:`imgbeddings.ray_engine`): the same output folder and vectors as the local
+job, failure rows for bad files, resuming, and one row per input when an actor dies."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+import imgbeddings  # noqa: E402
+from conftest import MODELS, cosine  # noqa: E402
+from imgbeddings.job import embed_files  # noqa: E402
+from imgbeddings.ray_engine import embed_files_ray  # noqa: E402
+from imgbeddings.store import read_manifest  # noqa: E402
+
+MODEL = str(MODELS / "tiny_b32_legacy.onnx")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def photos(tmp_path, image_paths):
+    """The test images twice over: 16 files, under distinct names."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for copy in range(2):
+        for p in image_paths:
+            shutil.copy(p, folder / f"{copy}_{p.name}")
+    return sorted(folder.iterdir())
+
+
+def _by_path(out):
+    emb = imgbeddings.load(out)
+    return {str(p): v for p, v in zip(emb.paths, emb.vectors, strict=True)}, emb
+
+
+def test_same_output_as_local(tmp_path, photos):
+    paths = [str(p) for p in photos]
+    local = embed_files(paths, tmp_path / "local", model=MODEL, workers=0, threads=1)
+    remote = embed_files_ray(paths, tmp_path / "ray", model=MODEL, actors=2, batch_size=5)
+    assert remote.counts.embedded == local.counts.embedded == len(paths)
+    assert remote.complete and remote.workers == 2
+    mine, theirs = read_manifest(tmp_path / "ray"), read_manifest(tmp_path / "local")
+    assert mine["fingerprint"] == theirs["fingerprint"]
+    assert mine["identity"] == theirs["identity"]
+    a, emb = _by_path(tmp_path / "ray")
+    b, _ = _by_path(tmp_path / "local")
+    assert sorted(a) == sorted(b) == sorted(paths)
+    keys = sorted(a)
+    sims = cosine(np.stack([a[k] for k in keys]), np.stack([b[k] for k in keys]))
+    assert sims.min() >= 0.99999
+    assert emb.vectors.dtype == np.float32 and len(emb.failures) == 0
+    # the tall image is reported as an extreme aspect, as locally
+    assert sorted(p for p, _ in remote.extreme_aspect) == sorted(p for p, _ in local.extreme_aspect)
+
+
+def test_broken_files_are_failure_rows(tmp_path, photos):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    missing = tmp_path / "missing.png"
+    paths = [str(p) for p in photos[:3]] + [str(bad), str(missing)]
+    local = embed_files(paths, tmp_path / "local", model=MODEL, workers=0, threads=1)
+    result = embed_files_ray(paths, tmp_path / "ray", model=MODEL, actors=1, cpus_per_actor=2)
+    assert result.counts.embedded == 3 and result.counts.failed == 2 and not result.complete
+    assert {f.error for f in result.failures} == {f.error for f in local.failures}
+    emb = imgbeddings.load(tmp_path / "ray")
+    assert len(emb.vectors) == 3
+    assert sorted((f.error, f.message) for f in emb.failures) == sorted(
+        (f.error, f.message) for f in imgbeddings.load(tmp_path / "local").failures
+    )
+
+
+def test_resume_adds_only_missing(tmp_path, photos):
+    paths = [str(p) for p in photos]
+    half = len(paths) // 2
+    out = tmp_path / "out"
+    first = embed_files(paths[:half], out, model=MODEL, workers=0, threads=1)
+    assert first.counts.embedded == half
+    second = embed_files_ray(paths, out, model=MODEL)  # actors: the cluster's CPUs
+    assert second.counts.skipped == half and second.counts.embedded == len(paths) - half
+    assert second.workers == 2 and second.threads == 1
+    third = embed_files_ray(paths, out, model=MODEL, actors=2)
+    assert third.counts.skipped == len(paths) and third.counts.embedded == 0
+    emb = imgbeddings.load(out)
+    assert sorted(map(str, emb.paths)) == sorted(paths)
+
+
+def test_killed_actor_still_one_row_per_input(tmp_path, photos):
+    paths = [str(p) for p in photos]
+    marker = tmp_path / "crashed"
+    result = embed_files_ray(
+        paths, tmp_path / "out", model=MODEL, actors=1, batch_size=4, _crash_marker=str(marker)
+    )
+    assert marker.exists()  # an actor did die mid-job
+    assert result.counts.embedded == len(paths) and result.complete
+    emb = imgbeddings.load(tmp_path / "out")
+    assert sorted(map(str, emb.paths)) == sorted(paths)
+    local = embed_files(paths, tmp_path / "local", model=MODEL, workers=0, threads=1)
+    assert local.counts.embedded == len(paths)
+    a, _ = _by_path(tmp_path / "out")
+    b, _ = _by_path(tmp_path / "local")
+    sims = cosine(np.stack([a[k] for k in paths]), np.stack([b[k] for k in paths]))
+    assert sims.min() >= 0.99999
+
+
+def test_missing_ray_is_missing_extra(monkeypatch, tmp_path):
+    import sys
+
+    from imgbeddings.errors import MissingExtra
+    from imgbeddings.ray_engine import _ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingExtra, match=r"imgbeddings\[ray\]"):
+        _ray()
+
+
+def test_cli_engine_ray(tmp_path, image_paths, capsys):
+    from test_cli import run
+
+    out = tmp_path / "out"
+    args = ["embed", *map(str, image_paths[:4]), "-o", str(out), "-m", MODEL]
+    code, stdout, err = run([*args, "--engine", "ray", "--actors", "1", "--cpus-per-actor", "1"], capsys)
+    assert code == 0 and stdout.strip() == str(out) and "Ray actor(s)" in err, err
+    local = tmp_path / "local"
+    embed_files([str(p) for p in image_paths[:4]], local, model=MODEL, workers=0)
+    a, b = imgbeddings.load(out), imgbeddings.load(local)
+    assert sorted(a.paths) == sorted(b.paths)
+    rows = [b.paths.index(p) for p in a.paths]
+    assert cosine(a.vectors, b.vectors[rows]).min() >= 0.99999
+    one = ["embed", str(image_paths[0]), "-o", str(tmp_path / "x")]
+    code, _, err = run([*one, "--engine", "ray", "--strict"], capsys)
+    assert code == 2 and "--strict" in err and "Traceback" not in err
+    code, _, err = run(["embed", str(image_paths[0]), "-o", str(tmp_path / "y"), "--actors", "2"], capsys)
+    assert code == 2 and "--engine ray" in err
