@@ -87,6 +87,22 @@ def _planned_embedder(
     return plan, Embedder(model, threads=plan.threads, **options)
 
 
+def open_output(
+    out: Path, embedder: Embedder, model: Any, pca: Any, *, shard_size: int, wait: float | None
+) -> OutputStore:
+    """``out`` opened (and locked) for ``embedder``'s vectors, recording where the model and the
+    PCA came from (``model``/``pca`` as the caller gave them), so that a query can later be
+    embedded the same way (:func:`imgbeddings.analysis.query.embedder_for`)."""
+    sources = {
+        "model": str(model) if not isinstance(model, Embedder) else str(embedder.model_path),
+        "model_path": str(Path(embedder.model_path).resolve()),
+        "pca": str(Path(pca).resolve()) if isinstance(pca, (str, os.PathLike)) else None,
+    }
+    return OutputStore(
+        out, embedder.identity(), embedder.card, shard_size=shard_size, wait=wait, sources=sources
+    )
+
+
 @dataclass
 class JobResult:
     """What a run did: counts, the time split, and this run's failures."""
@@ -202,15 +218,7 @@ def embed_files(
         embedder_options.update(mode=mode, batch_size=batch_size)
     plan, embedder = _planned_embedder(model, workers, threads, embedder_options)
     out = Path(output)
-    pca = embedder_options.get("pca")
-    sources = {
-        "model": str(model) if not isinstance(model, Embedder) else str(embedder.model_path),
-        "model_path": str(Path(embedder.model_path).resolve()),
-        "pca": str(Path(pca).resolve()) if isinstance(pca, (str, os.PathLike)) else None,
-    }
-    store = OutputStore(
-        out, embedder.identity(), embedder.card, shard_size=shard_size, wait=wait, sources=sources
-    )
+    store = open_output(out, embedder, model, embedder_options.get("pca"), shard_size=shard_size, wait=wait)
     timings = Timings()
     failures: list[Failure] = []
     extreme: list[tuple[str, float]] = []

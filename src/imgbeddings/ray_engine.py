@@ -33,10 +33,9 @@ import numpy as np
 from .embedder import Embedder
 from .errors import Failure, MissingExtra, OptionError, describe
 from .images.preprocess import DEFAULT_MODE, EXTREME_ASPECT
-from .job import JobResult, plan_work
+from .job import JobResult, open_output, plan_work
 from .models.registry import DEFAULT_MODEL
 from .pipeline import Timings, decode_item, to_tensor
-from .store import OutputStore
 
 _NON_FINITE = "the model returned NaN or inf for this input"
 
@@ -181,12 +180,7 @@ def embed_files_ray(
         **{"int8_fastpath": False, **embedder_options},
     )
     out = Path(output)
-    sources = {
-        "model": str(model),
-        "model_path": str(Path(local.model_path).resolve()),
-        "pca": str(Path(pca).resolve()) if isinstance(pca, (str, os.PathLike)) else None,
-    }
-    store = OutputStore(out, local.identity(), local.card, shard_size=shard_size, wait=wait, sources=sources)
+    store = open_output(out, local, model, pca, shard_size=shard_size, wait=wait)
     timings = Timings()
     failures: list[Failure] = []
     extreme: list[tuple[str, float]] = []
@@ -208,7 +202,7 @@ def embed_files_ray(
             model_arg = str(model)
             if os.path.exists(model_arg):
                 model_arg = str(Path(model_arg).resolve())
-            pca_arg = sources["pca"] or pca
+            pca_arg = store.sources["pca"] or pca
             ds = ray.data.from_items(
                 [{"path": p, "index": i} for i, (p, _, _) in enumerate(todo)],
                 override_num_blocks=min(-(-len(todo) // batch_size), 4096),  # a block per batch
