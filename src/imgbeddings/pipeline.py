@@ -234,15 +234,19 @@ def decode_item(pre: Preprocessor, item: Any, index: int = 0) -> tuple:
     return _decode(pre, index, item)
 
 
-def to_tensor(embedder: Embedder, arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack decoded geometries (:func:`decode_item`) into the float32 (N, 3, S, S) model input."""
+def run_decoded(embedder: Embedder, items: Sequence[Any], answers: Sequence[tuple]) -> Batch:
+    """Embed inputs already decoded by :func:`decode_item` (one answer per item, its index the
+    item's position in ``items``, in any order), as the engine embeds a batch: one
+    :class:`Batch` whose failures are the decode failures and any NaN/inf output
+    (``NonFiniteOutput``). For callers that decode and batch on their own (the HTTP service,
+    the Ray engine's actors)."""
+    pending = {
+        a[1]: (items[a[1]], True, (a[2], a[5])) if a[0] == "ok" else (items[a[1]], False, a[2])
+        for a in answers
+    }
     spec = embedder.card.preprocess
     lut = ops.standardize_lut(spec.rescale, spec.mean, spec.std)
-    size = embedder.preprocessor.size
-    pixels = np.empty((len(arrays), 3, size, size), dtype=np.float32)
-    for slot, arr in enumerate(arrays):
-        ops.to_chw_float(arr, lut, pixels[slot])
-    return pixels
+    return _run_batch(embedder, pending, 0, len(items), lut, Timings())
 
 
 #: In a worker process: the stream's decode budget and this worker's slot in it.

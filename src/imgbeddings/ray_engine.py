@@ -35,9 +35,7 @@ from .errors import Failure, MissingExtra, OptionError, describe
 from .images.preprocess import DEFAULT_MODE, EXTREME_ASPECT
 from .job import JobResult, open_output, plan_work
 from .models.registry import DEFAULT_MODEL
-from .pipeline import Timings, decode_item, to_tensor
-
-_NON_FINITE = "the model returned NaN or inf for this input"
+from .pipeline import Timings, decode_item, run_decoded
 
 
 def _ray() -> Any:
@@ -88,28 +86,13 @@ class _EmbedActor:
             decoded = list(self._pool.map(lambda a: decode_item(*a), jobs))
         else:
             decoded = [decode_item(*a) for a in jobs]
-        ok = np.zeros(n, dtype=bool)
+        done = run_decoded(self.embedder, paths, decoded)
         error = np.full(n, "", dtype=object)
         message = np.full(n, "", dtype=object)
-        aspect = np.full(n, np.nan, dtype=np.float32)
-        arrays = []
-        for msg in decoded:
-            i = msg[1]
-            if msg[0] == "ok":
-                ok[i] = True
-                arrays.append(msg[2])
-                aspect[i] = msg[5]
-            else:
-                failure: Failure = msg[2]
-                error[i], message[i] = failure.error, failure.message
-        vectors = np.zeros((n, self.embedder.dim), dtype=np.float32)
-        if arrays:
-            vectors[ok] = self.embedder.run(to_tensor(self.embedder, arrays))
-        bad = ok & ~np.isfinite(vectors).all(axis=1)
-        for i in np.flatnonzero(bad):
-            error[i], message[i] = "NonFiniteOutput", _NON_FINITE
-        vectors[bad] = 0.0
-        ok &= ~bad
+        for failure in done.failures:
+            error[failure.index], message[failure.index] = failure.error, failure.message
+        vectors = np.where(done.ok[:, None], done.vectors, 0.0).astype(np.float32)
+        ok, aspect = done.ok, done.aspect
         return {
             "index": np.asarray(batch["index"], dtype=np.int64),
             "vector": vectors,

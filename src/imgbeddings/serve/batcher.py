@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Failure
-from ..pipeline import decode_item, to_tensor
+from ..pipeline import Batch, decode_item, run_decoded
 
 
 class Busy(Exception):
@@ -148,27 +148,21 @@ class Batcher:
             if self.on_batch is not None:
                 self.on_batch(len(live))
             try:
-                vectors = await loop.run_in_executor(self.inference, self._infer, [w.array for w in live])
+                done = await loop.run_in_executor(self.inference, self._infer, [w.array for w in live])
             except Exception as exc:  # the model failed on this batch: its requests learn why
                 for w in live:
                     if not w.future.done():
                         w.future.set_result(Failure(None, "<image>", "InferenceError", str(exc)))
                 continue
             self.last_batch_at = time.monotonic()
-            for w, vector in zip(live, vectors, strict=True):
-                if w.future.done():
-                    continue
-                if np.isfinite(vector).all():
-                    w.future.set_result(vector)
-                else:
-                    w.future.set_result(
-                        Failure(
-                            None, "<image>", "NonFiniteOutput", "the model returned NaN or inf for this input"
-                        )
-                    )
+            failed = {f.index: f for f in done.failures}  # NaN or inf outputs
+            for i, w in enumerate(live):
+                if not w.future.done():
+                    w.future.set_result(failed[i] if i in failed else done.vectors[i])
 
-    def _infer(self, arrays: list[np.ndarray]) -> np.ndarray:
-        return self.embedder.run(to_tensor(self.embedder, arrays))
+    def _infer(self, arrays: list[np.ndarray]) -> Batch:
+        answers = [("ok", i, arr, 0.0, 0.0, float("nan")) for i, arr in enumerate(arrays)]
+        return run_decoded(self.embedder, ["<image>"] * len(arrays), answers)
 
     async def run_text(self, fn: Callable[[], np.ndarray]) -> np.ndarray:
         """Run a text-model call on the inference thread (never on the event loop)."""
