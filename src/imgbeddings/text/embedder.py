@@ -67,6 +67,20 @@ def _local(folder: Path, card_file: Path) -> LocatedTextModel:
     return LocatedTextModel(card, folder, onnx_path, tok_path)
 
 
+def _is_text_card(card_file: Path) -> bool:
+    """Whether ``card_file`` may be a text card: missing or an image model's card, no; a card that
+    cannot be parsed, yes (loading it then says what is wrong with it)."""
+    from ..models.cards import _parse_json
+
+    try:
+        data = _parse_json(card_file.read_bytes(), str(card_file))
+    except OSError:
+        return False
+    except CardError:
+        return True
+    return isinstance(data, dict) and data.get("kind") == "text"
+
+
 def locate_text_model(model: str | os.PathLike[str], *, revision: str = "main") -> LocatedTextModel:
     """Find a text model (module docstring); downloads from the Hub for a repo id.
 
@@ -86,14 +100,9 @@ def locate_text_model(model: str | os.PathLike[str], *, revision: str = "main") 
             return _local(path.parent, path)
         if path.suffix == ".onnx":
             card_file = path.with_name(path.stem + ".card.json")
-            if not card_file.is_file():
+            if not _is_text_card(card_file):  # none, or an image model's card
                 raise _no_text(str(path))
-            try:
-                return _local(path.parent, card_file)
-            except CardError as exc:
-                if '"kind": "text"' in str(exc) or "not a text card" in str(exc):
-                    raise _no_text(str(path)) from exc
-                raise
+            return _local(path.parent, card_file)
         raise _no_text(str(path))
     text = str(model)
     if text.count("/") == 1 and not text.startswith((".", "/")):
