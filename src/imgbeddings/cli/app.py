@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -52,6 +52,13 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.OptionError, EXIT_USAGE, "invalid option"),
     (errors.MissingExtra, 1, "missing dependency"),
     (errors.ImgbeddingsError, 1, "error"),
+]
+
+
+#: The --threads option of the commands that run a model.
+ThreadsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(metavar="N", min=1, help="ONNX Runtime threads (default: the CPUs this process may use)."),
 ]
 
 

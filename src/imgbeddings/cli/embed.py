@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .. import errors
-from .app import EXIT_PARTIAL, app, err_console, readable_path, stderr_is_terminal
+from .app import EXIT_PARTIAL, ThreadsOpt, app, err_console, readable_path, stderr_is_terminal
 
 #: Seconds between plain progress lines when stderr is not a terminal.
 PROGRESS_EVERY = 10.0
@@ -201,12 +201,7 @@ def embed_cmd(
             metavar="N", min=0, help="Decode worker processes (default: one per CPU; 0 = decode in-process)."
         ),
     ] = None,
-    threads: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(
-            metavar="N", min=1, help="ONNX Runtime threads (default: the CPUs this process may use)."
-        ),
-    ] = None,
+    threads: ThreadsOpt = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk sub-folders too.")] = False,
     fast: Annotated[
         bool,

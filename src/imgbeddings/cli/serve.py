@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import errors
-from .app import app, err_console
+from .app import ThreadsOpt, app, err_console
 
 
 @app.command("serve")
@@ -52,12 +52,7 @@ def serve_cmd(
         Optional[str],  # noqa: UP045
         typer.Option(metavar="VAR", help="Require Authorization: Bearer $VAR on every endpoint but health."),
     ] = None,
-    threads: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(
-            metavar="N", min=1, help="ONNX Runtime threads (default: the CPUs this process may use)."
-        ),
-    ] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Serve embeddings over HTTP: /v1/embeddings, /v1/embed, /v1/search, /v1/models, /healthz,
     /readyz, /metrics (README, "HTTP service")."""
