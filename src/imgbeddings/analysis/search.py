@@ -458,9 +458,6 @@ def search_text(
     from ..text.embedder import TextEmbedder, text_model_for
 
     items = [texts] if isinstance(texts, str) else list(texts)
-    bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
-    if bad:
-        raise OptionError(f"texts must be strings; item {bad[0]} is {type(items[bad[0]]).__name__}")
     if k < 1:
         raise OptionError(f"k must be >= 1, got {k}")
     if isinstance(target, VectorSet):
