@@ -1,4 +1,5 @@
-r"""Which files a job covers: paths, folders (optionally recursive), ``.txt`` lists, stdin.
+r"""Which files a job covers: paths, folders (optionally recursive), ``.txt`` lists, stdin,
+and URIs (``s3://bucket/prefix/``, ...: a prefix is listed like a folder; see :mod:`.uris`).
 
 Listing is lazy (a generator), so a million-file folder or list is never held in memory as a
 whole by this module.
@@ -26,7 +27,10 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import IO, Any
+
+from . import uris
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -117,19 +121,71 @@ def expand(
     - ``NAME.txt``: the paths listed in it, one per line (see the module docstring for the rules);
     - ``-``: paths read from standard input (``sys.stdin.buffer`` unless ``stdin`` is given),
       by the same rules;
+    - a URI (``s3://...``): a prefix is listed like a folder, an object is taken as it is;
+      ``file://`` URIs are local paths;
     - anything else: taken as it is (a missing file becomes a failure of the job, not an abort).
 
     A folder or list that cannot be read gives a ``RuntimeWarning`` and contributes no paths.
     """
+    for name, _ in _expand(paths, recursive, stdin, None):
+        yield name
+
+
+def _expand(
+    paths: Iterable[str], recursive: bool, stdin: Any, storage_options: dict[str, Any] | None
+) -> Iterator[tuple[str, tuple[int, int] | None]]:
+    """:func:`expand`, with the (size, mtime_ns) of the objects a URI listing gave (else None)."""
     for raw in paths:
         if raw == "-":
-            yield from read_list(stdin if stdin is not None else sys.stdin)
-        elif os.path.isdir(raw):
-            yield from walk_folder(raw, recursive)
+            yield from _named(read_list(stdin if stdin is not None else sys.stdin))
+        elif uris.is_uri(raw):
+            listed = uris.list_images(raw, recursive=recursive, storage_options=storage_options)
+            if listed is None:
+                yield raw, None
+            else:
+                for uri, size, mtime in listed:
+                    yield uri, (size, mtime)
+        elif os.path.isdir(raw := uris.local_path(raw)):
+            yield from _named(walk_folder(raw, recursive))
         elif raw.lower().endswith(".txt") and os.path.isfile(raw):
-            yield from _read_list_file(raw)
+            yield from _named(_read_list_file(raw))
         else:
-            yield raw
+            yield raw, None
+
+
+def _named(names: Iterable[str]) -> Iterator[tuple[str, None]]:
+    for name in names:
+        yield uris.local_path(name), None
+
+
+def entries(
+    paths: Iterable[str],
+    *,
+    recursive: bool = False,
+    stdin: IO[bytes] | IO[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, int, int]]:
+    """(stored name, size, mtime_ns) of each input :func:`expand` gives, in order: the name as
+    outputs store it (:func:`canonical_path`; a URI in its canonical form), size and mtime -1
+    for an input that cannot be stat'ed (missing: the job records its failure).
+
+    Objects named one by one (in a list, say) are stat'ed ``uris.IO_THREADS`` at a time;
+    objects from a prefix listing take their size and mtime from the listing."""
+    pending = _expand(paths, recursive, stdin, storage_options)
+    while True:
+        chunk = list(islice(pending, 1024))
+        if not chunk:
+            return
+        remote = [name for name, st in chunk if st is None and uris.is_uri(name)]
+        stats = dict(zip(remote, uris.stat_many(remote, storage_options), strict=True))
+        for name, st in chunk:
+            if uris.is_uri(name):
+                st = st if st is not None else stats[name]
+                name = uris.canonical(name, storage_options)
+            else:
+                name = canonical_path(name)
+                st = file_stat(name)
+            yield (name, *st) if st else (name, -1, -1)
 
 
 def canonical_path(path: str) -> str:
@@ -146,4 +202,12 @@ def file_stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-__all__ = ["IMAGE_EXTENSIONS", "canonical_path", "expand", "file_stat", "is_image_name", "walk_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "canonical_path",
+    "entries",
+    "expand",
+    "file_stat",
+    "is_image_name",
+    "walk_folder",
+]

@@ -20,7 +20,7 @@ from typing import Any
 from .embedder import Embedder
 from .errors import Failure, OptionError
 from .images.preprocess import DEFAULT_MODE
-from .inputs import canonical_path, expand, file_stat
+from .inputs import entries
 from .models.registry import DEFAULT_MODEL
 from .pipeline import DEFAULT_ITEM_TIMEOUT, Batch, ThreadPlan, Timings, plan_threads, stream
 from .store import OutputStore, RunCounts
@@ -136,7 +136,13 @@ class JobResult:
 
 
 def plan_work(
-    paths: Iterable[str], store: OutputStore, *, recursive: bool, retry_failed: bool, stdin: Any = None
+    paths: Iterable[str],
+    store: OutputStore,
+    *,
+    recursive: bool,
+    retry_failed: bool,
+    stdin: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[list[tuple[str, int | None, int | None]], int, int]:
     """The files still to embed (path, size, mtime_ns) in input order, how many are skipped, and
     how many of those are earlier failures (unchanged, not retried).
@@ -147,13 +153,13 @@ def plan_work(
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
     skipped = failed_before = 0
-    for raw in expand(paths, recursive=recursive, stdin=stdin):
-        path = canonical_path(raw)
+    for path, size, mtime in entries(
+        paths, recursive=recursive, stdin=stdin, storage_options=storage_options
+    ):
         if path in seen:
             continue
         seen.add(path)
-        st = file_stat(path)
-        size, mtime = st if st else (-1, -1)  # missing or dangling: recorded as such, retried once it exists
+        # a missing or dangling input (-1) is recorded as such, retried once it exists
         status = store.status(path, size, mtime)
         if status == "done" or (status == "failed" and not retry_failed):
             skipped += 1

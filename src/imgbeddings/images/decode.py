@@ -1,6 +1,7 @@
 """Any supported input -> an RGB Pillow image, with every failure named.
 
-Accepted inputs: ``str`` / ``os.PathLike`` paths, ``bytes``-like data, binary file objects
+Accepted inputs: ``str`` / ``os.PathLike`` paths, URIs (``s3://...``, read whole through
+fsspec: :mod:`imgbeddings.uris`), ``bytes``-like data, binary file objects
 (anything with ``read``), Pillow images, and NumPy ``uint8`` arrays (H x W grey, H x W x 3
 RGB, H x W x 4 RGBA).
 
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .. import uris
 from ..errors import ImageDecodeError, ImageNotFound, ImageTooLarge, InputError, describe
 
 #: Default pixel limit: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``), ~179 MP.
@@ -80,6 +82,10 @@ def _opened(item: Any, source: str, quiet: bool = False) -> Iterator[Image.Image
     file stays open while the caller decodes inside the ``with`` block and is closed when it
     leaves: no file handle outlives the call.
     """
+    if isinstance(item, str) and uris.is_uri(item):  # s3://, gs://, https://...: read through fsspec
+        item = uris.read(item)
+    elif isinstance(item, str):
+        item = uris.local_path(item)
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.exists(path):
