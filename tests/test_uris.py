@@ -86,9 +86,15 @@ def test_mtime_from_any_store():
     assert uris._mtime_ns({"size": 3}) == -1  # plain HTTP keeps none
 
 
-def test_unknown_protocol_is_an_input_error():
-    with pytest.raises(imgbeddings.errors.InputError, match="nosuchproto"):
+def test_unknown_protocol(image_paths):
+    # planning a job: a usage error; one input among others: that input's failure
+    with pytest.raises(imgbeddings.errors.OptionError, match="nosuchproto"):
         list(entries(["nosuchproto://x/y.jpg"]))
+    got = uris.read_many(["nosuchproto://x/y.jpg", f"file://{image_paths[0]}"])
+    assert isinstance(got[0], imgbeddings.errors.ImageDecodeError) and got[1] == image_paths[0].read_bytes()
+    emb = imgbeddings.Embedder(MODEL, threads=1)
+    batch = emb.embed_with_failures(["nosuchproto://x/y.jpg", str(image_paths[0])])
+    assert [f.error for f in batch.failures] == ["ImageDecodeError"] and batch.ok.tolist() == [False, True]
 
 
 def test_embedder_reads_a_uri(memory_store, image_paths):

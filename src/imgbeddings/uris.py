@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .errors import ImageDecodeError, ImageNotFound, InputError, MissingExtra
+from .errors import ImageDecodeError, ImageNotFound, InputError, MissingExtra, OptionError
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
@@ -53,7 +53,8 @@ def local_path(text: str) -> str:
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
     """The fsspec file system of ``uri`` and the path inside it; :class:`MissingExtra` when the
-    protocol's implementation (s3fs, gcsfs, ...) is not installed."""
+    protocol's implementation (s3fs, gcsfs, ...) is not installed, :class:`OptionError` when
+    fsspec knows no such protocol."""
     try:
         import fsspec
     except ImportError as exc:  # a core dependency; only a broken install lacks it
@@ -63,7 +64,7 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
     except ImportError as exc:
         raise MissingExtra(f"reading {uri}: {exc}") from exc
     except ValueError as exc:  # "Protocol not known: xyz"
-        raise InputError(uri, f"{exc}") from exc
+        raise OptionError(f"{uri}: {exc}") from exc
 
 
 def _mtime_ns(info: dict[str, Any]) -> int:
@@ -158,7 +159,10 @@ def _read_error(uri: str, exc: BaseException) -> InputError:
 def read(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """The bytes of one object; :class:`ImageNotFound` / :class:`ImageDecodeError` (naming the
     URI) when it is missing or cannot be read."""
-    fs, path = filesystem(uri, storage_options)
+    try:
+        fs, path = filesystem(uri, storage_options)
+    except (OptionError, MissingExtra) as exc:  # this input's failure (the job checked the others)
+        raise ImageDecodeError(uri, f"cannot read: {exc}") from exc
     try:
         return fs.cat_file(path)
     except Exception as exc:
@@ -174,8 +178,8 @@ def read_many(uris: Iterable[str], storage_options: dict[str, Any] | None = None
     for i, uri in enumerate(uris):
         try:
             fs, path = filesystem(uri, storage_options)
-        except InputError as exc:
-            out[i] = exc
+        except (OptionError, MissingExtra) as exc:  # a node without s3fs, say: this input's failure
+            out[i] = ImageDecodeError(uri, f"cannot read: {exc}")
             continue
         groups.setdefault(id(fs), (fs, [], []))
         groups[id(fs)][1].append(i)

@@ -182,7 +182,8 @@ def embed_cmd(
         list[str],
         typer.Argument(
             metavar="PATH...",
-            help="Image files, folders, .txt files listing paths (one per line), or - for stdin.",
+            help="Image files, folders, .txt files listing paths (one per line), URIs "
+            "(s3://bucket/prefix/, gs://..., through fsspec), or - for stdin.",
         ),
     ],
     output: Annotated[
