@@ -126,20 +126,28 @@ class _EmbedActor:
             os._exit(1)
         rows = _Rows.of(batch, self.skip, self.embedder.dim)
         work = [i for i in range(len(rows.paths)) if not rows.skipped[i]]
-        ray = _ray()
         key = "batch:" + hashlib.sha1("\0".join(rows.paths).encode("utf-8", "surrogatepass")).hexdigest()
-        if ray.get(self.ledger.begin.remote(key)) == 1:
+        if self._attempts(key) == 1:
             self._embed(rows, work)
         else:  # this batch's last attempt died with its actor: one input at a time, each noted
             for i in work:
                 item_key = "input:" + rows.paths[i]
-                if ray.get(self.ledger.begin.remote(item_key)) > 1:
+                if self._attempts(item_key) > 1:
                     rows.fail(i, "WorkerCrashed", "its Ray actor died while embedding it, twice")
                 else:
                     self._embed(rows, [i])
                 self.ledger.end.remote(item_key)
         self.ledger.end.remote(key)
         return rows.columns()
+
+    def _attempts(self, key: str) -> int:
+        """Note an attempt at ``key`` in the ledger; the attempts not ended, this one included.
+        While the ledger's process is still starting (the job's first second or so) the
+        attempt is noted without waiting and counted as the first, so that start-up costs the
+        job nothing; a batch that kills its actor then is caught at its next attempt."""
+        answer = self.ledger.begin.remote(key)
+        ready, _ = _ray().wait([answer], timeout=0.05)
+        return _ray().get(answer) if ready else 1
 
     def _embed(self, rows: _Rows, work: list[int]) -> None:
         """Read, decode and embed rows ``work`` of ``rows`` (filled in place)."""
