@@ -29,6 +29,10 @@ def s3_bucket(files: dict[str, Path | bytes], bucket: str = "photos") -> Iterato
             "s3", endpoint_url=endpoint, region_name="us-east-1",
             aws_access_key_id=KEY, aws_secret_access_key=SECRET,
         )  # fmt: skip
+        # moto keeps its buckets in this process's memory, across servers: start from none
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
         client.create_bucket(Bucket=bucket)
         for key, data in files.items():
             body = data if isinstance(data, bytes) else Path(data).read_bytes()

@@ -111,6 +111,10 @@ def test_local_job_reads_s3(tmp_path, image_paths, monkeypatch):
 
     files = {f"in/{p.name}": p for p in image_paths[:4]}
     files["in/broken.jpg"] = b"not an image"
+    # decode workers started before the credentials are set (their forkserver keeps the
+    # environment it started with) must still see them
+    local = embed_files([str(p) for p in image_paths[:4]], tmp_path / "local", model=MODEL, workers=1)
+    assert local.counts.embedded == 4
     with s3_bucket(files) as s3:
         for name, value in s3["env"].items():  # the local job reads the store's own configuration
             monkeypatch.setenv(name, value)
@@ -126,8 +130,6 @@ def test_local_job_reads_s3(tmp_path, image_paths, monkeypatch):
         }
         again = embed_files(["s3://photos/in/"], out, model=MODEL, workers=0, threads=1)
         assert again.counts.skipped == 5 and again.counts.embedded == 0  # the listing's stat = the rows'
-    local = embed_files([str(p) for p in image_paths[:4]], tmp_path / "local", model=MODEL, workers=0)
-    assert local.counts.embedded == 4
     a, b = imgbeddings.load(out), imgbeddings.load(tmp_path / "local")
     by_name = {str(p).rsplit("/", 1)[-1]: v for p, v in zip(a.paths, a.vectors, strict=True)}
     assert sorted(map(str, a.paths)) == sorted(f"s3://photos/{k}" for k in files if "broken" not in k)

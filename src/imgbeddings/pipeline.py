@@ -261,9 +261,15 @@ def _worker_entry(
     spec: PreprocessSpec,
     mode: str,
     max_pixels: int | None,
+    environ: dict[str, str] | None = None,
 ) -> None:
-    """What a worker process runs: note its budget slot, then run ``target`` (the decode loop)."""
+    """What a worker process runs: take the parent's environment as it is now (a forkserver
+    started earlier holds an older one: a store's credentials set since then, say), note its
+    budget slot, then run ``target`` (the decode loop)."""
     global _WORKER_BUDGET
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _WORKER_BUDGET = (budget, slot) if budget is not None else None
     target(conn, spec, mode, max_pixels)
 
@@ -425,7 +431,7 @@ class _ProcessFeeder(_Feeder):
         spec = (child, self.pre.spec, self.pre.mode, self.pre.max_pixels)
         proc = self.ctx.Process(
             target=_worker_entry,
-            args=(self.worker_target, self.budget, slot, *spec),
+            args=(self.worker_target, self.budget, slot, *spec, dict(os.environ)),
             name="imgbeddings-decode",
             daemon=True,
         )
