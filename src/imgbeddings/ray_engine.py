@@ -30,6 +30,7 @@ Needs ``pip install 'imgbeddings[ray]'``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -358,6 +359,7 @@ def embed_files_ray(
     item_timeout: float = DEFAULT_ITEM_TIMEOUT,
     on_start: Callable[[int, int], None] | None = None,
     on_batch: Callable[[int, list[Failure]], None] | None = None,
+    quiet: bool = False,
     _faults: dict[str, str] | None = None,
     **embedder_options: Any,
 ) -> JobResult:
@@ -381,6 +383,8 @@ def embed_files_ray(
         storage_options: fsspec options for URIs (credentials, ``endpoint_url``, ...), used by
             the driver's listing and every actor's reads; default: the store's own configuration.
         item_timeout: seconds a decode may run before its input is abandoned (``WorkerCrashed``).
+        quiet: keep Ray's and Ray Data's INFO logs and Ray Data's progress off stderr (the CLI
+            shows its own progress); warnings and errors still show.
         normalize, pca, embedder_options: :class:`Embedder` options (built on every actor; the
             model and a PCA file must be reachable there at the same path or name).
 
@@ -435,7 +439,11 @@ def embed_files_ray(
                 on_start(len(todo), skipped)
         if dataset is not None or todo:
             if not ray.is_initialized():
-                ray.init(address=address, include_dashboard=False)
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    **({"logging_level": logging.WARNING} if quiet else {}),
+                )
             if actors is None:
                 cpus = int(ray.cluster_resources().get("CPU", 1))
                 pool = max(1, cpus // cpus_per_actor)
@@ -449,6 +457,9 @@ def embed_files_ray(
                     [{"path": p, "size": size, "mtime_ns": mtime} for p, size, mtime in todo],
                     override_num_blocks=min(-(-len(todo) // batch_size), 4096),  # a block per batch
                 )
+            if quiet:
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
+                ray.data.DataContext.get_current().enable_progress_bars = False
             ledger = ray.remote(num_cpus=0)(_Ledger).remote()
             ds = ds.map_batches(
                 _EmbedActor,

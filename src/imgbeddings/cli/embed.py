@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from enum import Enum
@@ -318,7 +319,13 @@ def embed_cmd(
             from ..ray_engine import embed_files_ray
 
             result = embed_files_ray(
-                paths, output, actors=actors, cpus_per_actor=cpus_per_actor, address=address, **common
+                paths,
+                output,
+                actors=actors,
+                cpus_per_actor=cpus_per_actor,
+                address=address,
+                quiet=not os.environ.get("IMGBEDDINGS_DEBUG"),  # our own progress and summary
+                **common,
             )
         else:
             result = embed_files(
