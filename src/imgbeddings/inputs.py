@@ -179,9 +179,10 @@ def entries(
         remote = [name for name, st in chunk if st is None and uris.is_uri(name)]
         stats = dict(zip(remote, uris.stat_many(remote, storage_options), strict=True))
         for name, st in chunk:
-            if uris.is_uri(name):
-                st = st if st is not None else stats[name]
-                name = uris.canonical(name, storage_options)
+            if st is not None:  # from a prefix listing: already canonical
+                pass
+            elif uris.is_uri(name):
+                st, name = stats[name], uris.canonical(name, storage_options)
             else:
                 name = canonical_path(name)
                 st = file_stat(name)
