@@ -205,6 +205,14 @@ def test_s3_prefix_with_storage_options(tmp_path, photos):
         assert result.counts.embedded == 6 and [f.error for f in result.failures] == ["ImageDecodeError"]
         again = embed_files_ray(["s3://photos/in"], out, model=MODEL, storage_options=s3["options"])
         assert again.counts.skipped == 7 and again.counts.embedded == 0
+        # a path-only Dataset of the same URIs: the actors stat and read them with the options,
+        # so a run over the prefix afterwards finds every object done (same name, size, mtime)
+        named = tmp_path / "named"
+        uris_ds = ray.data.from_items([{"path": f"s3://photos/in/{p.name}"} for p in photos[:6]])
+        first = embed_files_ray(uris_ds, named, model=MODEL, actors=1, storage_options=s3["options"])
+        assert first.counts.embedded == 6
+        listed = embed_files_ray(["s3://photos/in/"], named, model=MODEL, storage_options=s3["options"])
+        assert listed.counts.skipped == 6 and listed.counts.embedded == 0 and listed.counts.failed == 1
     assert embed_files([str(p) for p in photos[:6]], tmp_path / "local", model=MODEL, workers=0).complete
     a, b = imgbeddings.load(out), imgbeddings.load(tmp_path / "local")
     assert sorted(map(str, a.paths)) == sorted(f"s3://photos/in/{p.name}" for p in photos[:6])

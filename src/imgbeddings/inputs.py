@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import IO, Any
 
@@ -172,21 +172,29 @@ def entries(
     Objects named one by one (in a list, say) are stat'ed ``uris.IO_THREADS`` at a time;
     objects from a prefix listing take their size and mtime from the listing."""
     pending = _expand(paths, recursive, stdin, storage_options)
-    while True:
-        chunk = list(islice(pending, 1024))
-        if not chunk:
-            return
-        remote = [name for name, st in chunk if st is None and uris.is_uri(name)]
-        stats = dict(zip(remote, uris.stat_many(remote, storage_options), strict=True))
+    while chunk := list(islice(pending, 1024)):
+        named = iter(named_entries([name for name, st in chunk if st is None], storage_options))
         for name, st in chunk:
-            if st is not None:  # from a prefix listing: already canonical
-                pass
-            elif uris.is_uri(name):
-                st, name = stats[name], uris.canonical(name, storage_options)
-            else:
-                name = canonical_path(name)
-                st = file_stat(name)
-            yield (name, *st) if st else (name, -1, -1)
+            yield (name, *st) if st is not None else next(named)  # listed names are canonical
+
+
+def named_entries(
+    names: Sequence[str], storage_options: dict[str, Any] | None = None
+) -> list[tuple[str, int, int]]:
+    """(stored name, size, mtime_ns) of inputs named one by one (no folder or list expansion):
+    local paths as :func:`canonical_path` and ``file://`` URIs as the local path, other URIs in
+    their canonical form, stat'ed ``uris.IO_THREADS`` at a time; -1, -1 when not found."""
+    remote = [name for name in names if uris.is_uri(name)]
+    stats = dict(zip(remote, uris.stat_many(remote, storage_options), strict=True))
+    found = []
+    for name in names:
+        if uris.is_uri(name):
+            st, name = stats[name], uris.canonical(name, storage_options)
+        else:
+            name = canonical_path(uris.local_path(name))
+            st = file_stat(name)
+        found.append((name, *st) if st else (name, -1, -1))
+    return found
 
 
 def canonical_path(path: str) -> str:
@@ -210,5 +218,6 @@ __all__ = [
     "expand",
     "file_stat",
     "is_image_name",
+    "named_entries",
     "walk_folder",
 ]

@@ -45,7 +45,7 @@ from . import uris
 from .embedder import Embedder
 from .errors import Failure, MissingExtra, OptionError, describe
 from .images.preprocess import DEFAULT_MODE, EXTREME_ASPECT
-from .inputs import canonical_path, file_stat
+from .inputs import named_entries
 from .job import JobResult, open_output, plan_work
 from .models.registry import DEFAULT_MODEL
 from .pipeline import DEFAULT_ITEM_TIMEOUT, Timings, decode_item, run_decoded
@@ -125,7 +125,7 @@ class _EmbedActor:
         if marker and not os.path.exists(marker):
             Path(marker).touch()
             os._exit(1)
-        rows = _Rows.of(batch, self.skip, self.embedder.dim)
+        rows = _Rows.of(batch, self.skip, self.embedder.dim, self.storage_options)
         work = [i for i in range(len(rows.paths)) if not rows.skipped[i]]
         key = "batch:" + hashlib.sha1("\0".join(rows.paths).encode("utf-8", "surrogatepass")).hexdigest()
         if self._attempts(key) == 1:
@@ -240,11 +240,17 @@ class _Rows:
         self.message = np.full(n, "", dtype=object)
 
     @classmethod
-    def of(cls, batch: dict[str, np.ndarray], skip: frozenset[str], dim: int) -> _Rows:
+    def of(
+        cls,
+        batch: dict[str, np.ndarray],
+        skip: frozenset[str],
+        dim: int,
+        storage_options: dict[str, Any] | None = None,
+    ) -> _Rows:
         """The rows of a batch: a planned one (path, size, mtime_ns) or a Ray Dataset's (path,
         optional bytes). A Dataset row's input is its bytes when it has them (its path then only
         names it), else its path, which is read and stored like a command-line input; its size
-        and mtime are found here."""
+        and mtime are found here (URIs with ``storage_options``)."""
         n = len(batch["path"])
         data = list(batch["bytes"]) if "bytes" in batch else None
         paths = [_text(p) for p in batch["path"]]
@@ -254,10 +260,10 @@ class _Rows:
         else:
             sizes, mtimes = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
             if data is None:
-                for i, p in enumerate(paths):
-                    paths[i], st = _stat_input(p)
-                    if st:
-                        sizes[i], mtimes[i] = st
+                found = named_entries(paths, storage_options)
+                paths = [name for name, _, _ in found]
+                sizes[:] = [size for _, size, _ in found]
+                mtimes[:] = [mtime for _, _, mtime in found]
         skipped = np.array([p in skip for p in paths], dtype=bool)
         return cls(paths, data, sizes, mtimes, skipped, dim)
 
@@ -280,14 +286,6 @@ class _Rows:
 
 def _text(value: Any) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else str(value)
-
-
-def _stat_input(path: str) -> tuple[str, tuple[int, int] | None]:
-    """A Dataset row's path as outputs store it, and its (size, mtime_ns)."""
-    if uris.is_uri(path):
-        return uris.canonical(path), uris.stat(path)
-    local = canonical_path(uris.local_path(path))
-    return local, file_stat(local)
 
 
 @dataclass
