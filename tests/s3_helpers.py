@@ -17,9 +17,13 @@ def s3_bucket(files: dict[str, Path | bytes], bucket: str = "photos") -> Iterato
     on loopback for the block; yields the fsspec ``storage_options`` (plus ``env``: the same as
     AWS_* variables, for code that takes no options)."""
     import boto3
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    # s3fs caches file systems by their arguments, not by the environment they were made in:
+    # one from an earlier server would still talk to it
+    s3fs.S3FileSystem.clear_instance_cache()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -47,3 +51,4 @@ def s3_bucket(files: dict[str, Path | bytes], bucket: str = "photos") -> Iterato
         yield {"options": options, "env": env, "bucket": bucket, "client": client}
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -136,3 +136,25 @@ def test_local_job_reads_s3(tmp_path, image_paths, monkeypatch):
     names = [str(p).rsplit("/", 1)[-1] for p in b.paths]
     assert cosine(np.stack([by_name[n] for n in names]), b.vectors).min() >= 0.99999
     assert canonical_path(str(image_paths[0])) == str(image_paths[0])
+
+
+def test_store_without_credentials_is_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from s3_helpers import s3_bucket
+    from test_cli import run
+
+    with s3_bucket({"in/a.jpg": b"x"}) as s3:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3["env"]["AWS_ENDPOINT_URL"])
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        out = tmp_path / "out"
+        for uri in ("s3://photos/in/", "s3://photos/in/a.jpg"):  # a listing; one object's stat
+            code, stdout, err = run(["embed", uri, "-o", str(out), "-m", MODEL], capsys)
+            assert code == 1 and stdout == "", err
+            assert err.startswith(f"store unavailable: {uri}") and "NoCredentialsError" in err, err
+            assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+            assert not out.exists()

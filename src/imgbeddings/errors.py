@@ -105,6 +105,25 @@ class Failure:
 # --- options ---------------------------------------------------------------------------
 
 
+class StoreUnavailable(ImgbeddingsError, ConnectionError):
+    """A URI's store cannot be listed or asked about an object at all (no credentials, an
+    unreachable endpoint, a prefix one may not list): the job stops before it starts. A
+    single object that cannot be read is that input's failure instead.
+
+    Attributes:
+        uri: the URI being listed or stat'ed.
+        reason: what the store's library said.
+    """
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(uri, reason)
+        self.uri = uri
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.reason} (check the store's credentials and endpoint: README, URIs)"
+
+
 class OptionError(ImgbeddingsError, ValueError):
     """An option's value cannot work: out of range, or not fitting the model or the output
     (e.g. a PCA fitted on vectors of another width). The CLI reports it as a usage error."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .errors import ImageDecodeError, ImageNotFound, InputError, MissingExtra, OptionError
+from .errors import ImageDecodeError, ImageNotFound, InputError, MissingExtra, OptionError, StoreUnavailable
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
@@ -95,13 +95,16 @@ def _entry(fs: Any, path: str, info: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def stat(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int] | None:
-    """(size, mtime_ns) of an object (mtime -1 when the store keeps none), or None when it
-    does not exist or cannot be reached."""
+    """(size, mtime_ns) of an object (mtime -1 when the store keeps none), or None when it does
+    not exist or refuses this object; :class:`StoreUnavailable` when the store cannot be asked
+    at all (no credentials, say)."""
     fs, path = filesystem(uri, storage_options)
     try:
         info = fs.info(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # missing, or this object refused: its read will say why
         return None
+    except Exception as exc:  # the store itself (botocore's NoCredentialsError, say)
+        raise _store_error(uri, exc) from exc
     if info.get("type") == "directory":
         return None
     _, size, mtime = _entry(fs, path, info)
@@ -119,7 +122,8 @@ def list_images(
 ) -> Iterator[tuple[str, int, int]] | None:
     """(URI, size, mtime_ns) of the image-named objects under the prefix ``uri`` (its
     sub-prefixes too when ``recursive``), sorted; None when ``uri`` is not a folder/prefix.
-    Sizes and times come from the listing itself: no request per object."""
+    Sizes and times come from the listing itself: no request per object.
+    :class:`StoreUnavailable` when the prefix cannot be listed."""
     from .inputs import is_image_name
 
     fs, path = filesystem(uri, storage_options)
@@ -127,8 +131,8 @@ def list_images(
         if not fs.isdir(path):
             return None
         found = fs.find(path, maxdepth=None if recursive else 1, detail=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(uri, f"cannot list: {exc}") from exc
+    except Exception as exc:  # a listing is the whole input: no job without it
+        raise _store_error(uri, exc, "cannot list") from exc
     return iter(
         _entry(fs, key, info)
         for key, info in sorted(found.items())
@@ -144,6 +148,10 @@ def stat_many(
         return [stat(u, storage_options) for u in uris]
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="imgbeddings-stat") as pool:
         return list(pool.map(lambda u: stat(u, storage_options), uris))
+
+
+def _store_error(uri: str, exc: BaseException, what: str = "cannot reach the store") -> StoreUnavailable:
+    return StoreUnavailable(uri, f"{what}: {type(exc).__name__}: {exc}")
 
 
 def _read_error(uri: str, exc: BaseException) -> InputError:

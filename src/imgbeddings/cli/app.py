@@ -49,6 +49,7 @@ EXIT_CODES: list[tuple[type[BaseException], int, str]] = [
     (errors.ModelCorrupted, 5, "model corrupted"),
     (errors.ModelError, 5, "model error"),
     (errors.InputError, 7, "stopped at a bad input (--strict)"),
+    (errors.StoreUnavailable, 1, "store unavailable"),
     (errors.OptionError, EXIT_USAGE, "invalid option"),
     (errors.MissingExtra, 1, "missing dependency"),
     (errors.ImgbeddingsError, 1, "error"),
